@@ -1,0 +1,1 @@
+//! Remote functions shared by the rayfork benches.

@@ -1,0 +1,949 @@
+//! The object table: owns the lifecycle of every object (create, write, seal, get, release,
+//! delete, abort, eviction), the pins and creations recorded per client, and the accounting.
+//!
+//! The table and the allocator live in ordinary memory of the process that owns the [`Store`]
+//! (the rayfork driver's scheduler thread), never in the arena: other processes only ever see
+//! bytes at offsets they were given, so a process that crashes cannot corrupt the bookkeeping.
+//!
+//! The rules below are also shown on [`Store`]; the text lives once, in `lifecycle.md`.
+//!
+#![doc = include_str!("lifecycle.md")]
+
+use std::collections::hash_map::Entry as MapEntry;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::alloc::{Allocation, OffsetAllocator};
+use crate::arena::{Arena, HEADER_SIZE};
+use crate::id::{ClientId, ObjectId};
+use crate::view::ViewError;
+
+/// Where an object's bytes are: `offset` from the start of the mapping (header included) and
+/// `len` bytes. The same descriptor is valid in every process that maps the arena.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
+pub struct Descriptor {
+    /// Offset of the first byte from the start of the mapping. Always 64-byte aligned, and page
+    /// aligned for objects of 4096 bytes or more.
+    pub offset: u64,
+    /// Length in bytes (as requested at create, not rounded).
+    pub len: u64,
+}
+
+/// A snapshot of the store's accounting (rule 10 in `store.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Stats {
+    /// Bytes of the data area (the arena's capacity minus its header). `used + free == capacity`.
+    pub capacity: u64,
+    /// Bytes allocated to objects, including rounding to 64 bytes / whole pages.
+    pub used: u64,
+    /// Bytes not allocated (possibly in several pieces).
+    pub free: u64,
+    /// Objects holding memory: unsealed, sealed, and deleted-but-pinned.
+    pub live_objects: u64,
+    /// Objects with at least one pin.
+    pub pinned_objects: u64,
+    /// Objects created and not yet sealed or aborted.
+    pub unsealed_objects: u64,
+}
+
+/// What went wrong in a store call. Each message says what happened and what to do.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// The object does not fit, even after evicting every evictable object (rule 8).
+    #[error(
+        "object store full: {requested} bytes requested, {used} of {capacity} bytes in use; \
+         release or delete objects, mark them evictable, or start with a larger store"
+    )]
+    StoreFull {
+        /// Bytes requested.
+        requested: u64,
+        /// Bytes of the data area.
+        capacity: u64,
+        /// Bytes in use when the request failed.
+        used: u64,
+    },
+    /// No object with this id is in the table (never created, aborted, freed or evicted).
+    #[error("unknown object {0}: it was never created, or was aborted, freed or evicted")]
+    UnknownObject(ObjectId),
+    /// `create` with an id that is already in use (rule 1).
+    #[error("object {0} already exists; pick a fresh id or delete the old object first")]
+    AlreadyExists(ObjectId),
+    /// The call needs a sealed object and this one is still being written (rules 4, 6).
+    #[error("object {0} is not sealed yet; seal it first (or abort it to drop it)")]
+    NotSealed(ObjectId),
+    /// The call needs an unsealed object and this one is sealed (rules 2, 3, 7).
+    #[error("object {0} is already sealed and immutable; create a new object to change it")]
+    AlreadySealed(ObjectId),
+    /// Someone other than the creator tried to write an unsealed object (rule 2).
+    #[error("{client} cannot write object {id}: only its creator ({creator}) may write it")]
+    NotCreator {
+        /// The object.
+        id: ObjectId,
+        /// Who asked.
+        client: ClientId,
+        /// Who created it.
+        creator: ClientId,
+    },
+    /// `release` by a client that holds no pin on the object (rule 5).
+    #[error("{client} holds no pin on object {id}; release only what you got")]
+    NotPinned {
+        /// The object.
+        id: ObjectId,
+        /// Who asked.
+        client: ClientId,
+    },
+    /// The object was deleted and waits for its last pins to be released (rule 6).
+    #[error(
+        "object {0} was deleted and is waiting for its pins to be released; \
+         it can only be released now"
+    )]
+    Deleted(ObjectId),
+    /// A descriptor did not fit the arena; a bug in the caller or a mismatched arena.
+    #[error(transparent)]
+    View(#[from] ViewError),
+}
+
+/// The seam for spilling to disk (rule 8): called with a sealed object's bytes just before the
+/// store evicts it to make room.
+///
+/// The default does nothing (the object is simply dropped). A spilling implementation writes
+/// `bytes` to a file here and restores it with a fresh `create` + write + `seal` when it is
+/// asked for again.
+pub trait EvictionHook: Send {
+    /// `id` is about to be evicted; `bytes` are its contents, valid only during the call.
+    fn on_evict(&mut self, id: ObjectId, bytes: &[u8]);
+}
+
+/// The hook used when none is set: evicted objects are dropped.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DropOnEvict;
+
+impl EvictionHook for DropOnEvict {
+    fn on_evict(&mut self, _id: ObjectId, _bytes: &[u8]) {}
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Unsealed { creator: ClientId },
+    Sealed,
+    Deleted,
+}
+
+#[derive(Debug)]
+struct Object {
+    alloc: Allocation,
+    len: u64,
+    state: State,
+    /// Total pins over all clients.
+    pins: u64,
+    evictable: bool,
+    /// Key in `Store::lru` while the object is eligible for eviction.
+    lru_key: Option<u64>,
+}
+
+impl Object {
+    fn descriptor(&self) -> Descriptor {
+        Descriptor {
+            offset: self.alloc.offset,
+            len: self.len,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct ClientRecord {
+    pins: HashMap<ObjectId, u64>,
+    creating: HashSet<ObjectId>,
+}
+
+impl ClientRecord {
+    fn is_empty(&self) -> bool {
+        self.pins.is_empty() && self.creating.is_empty()
+    }
+}
+
+/// The object store: an arena plus the object table and allocator that manage it.
+///
+/// See the [crate docs](crate) for an example.
+///
+#[doc = include_str!("lifecycle.md")]
+pub struct Store<A: Arena> {
+    arena: Arc<A>,
+    alloc: OffsetAllocator,
+    objects: HashMap<ObjectId, Object>,
+    clients: HashMap<ClientId, ClientRecord>,
+    /// Eviction candidates (rule 8), by last-use stamp.
+    lru: BTreeMap<u64, ObjectId>,
+    clock: u64,
+    pinned: u64,
+    unsealed: u64,
+    evictions: u64,
+    hook: Box<dyn EvictionHook>,
+}
+
+impl<A: Arena> std::fmt::Debug for Store<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+fn find(objects: &mut HashMap<ObjectId, Object>, id: ObjectId) -> Result<&mut Object, StoreError> {
+    objects.get_mut(&id).ok_or(StoreError::UnknownObject(id))
+}
+
+impl<A: Arena> Store<A> {
+    /// A store managing `[HEADER_SIZE, capacity)` of `arena`, with every byte free.
+    pub fn new(arena: Arc<A>) -> Self {
+        let alloc = OffsetAllocator::new(HEADER_SIZE, arena.capacity());
+        Store {
+            arena,
+            alloc,
+            objects: HashMap::new(),
+            clients: HashMap::new(),
+            lru: BTreeMap::new(),
+            clock: 0,
+            pinned: 0,
+            unsealed: 0,
+            evictions: 0,
+            hook: Box::new(DropOnEvict),
+        }
+    }
+
+    /// The arena the store manages (to make views from descriptors, or to share it).
+    pub fn arena(&self) -> &Arc<A> {
+        &self.arena
+    }
+
+    /// Sets the hook called before each eviction (rule 8); the seam for spilling to disk.
+    pub fn set_eviction_hook(&mut self, hook: Box<dyn EvictionHook>) {
+        self.hook = hook;
+    }
+
+    /// Creates an unsealed object of `size` bytes for `client` (rule 1); evicts if needed
+    /// (rule 8). Returns where its bytes are; the creator fills them, then calls [`seal`].
+    ///
+    /// [`seal`]: Store::seal
+    pub fn create(
+        &mut self,
+        id: ObjectId,
+        size: u64,
+        client: ClientId,
+    ) -> Result<Descriptor, StoreError> {
+        // Rule 1.
+        if let Some(o) = self.objects.get(&id) {
+            return Err(match o.state {
+                State::Deleted => StoreError::Deleted(id),
+                _ => StoreError::AlreadyExists(id),
+            });
+        }
+        let alloc = self.alloc_evicting(size)?;
+        let obj = Object {
+            alloc,
+            len: size,
+            state: State::Unsealed { creator: client },
+            pins: 0,
+            evictable: false,
+            lru_key: None,
+        };
+        let d = obj.descriptor();
+        self.objects.insert(id, obj);
+        self.clients.entry(client).or_default().creating.insert(id);
+        self.unsealed += 1;
+        Ok(d)
+    }
+
+    /// Allocates `size` bytes, evicting LRU evictable objects while it does not fit (rule 8).
+    /// Fails without evicting anything when even evicting every candidate could not help.
+    fn alloc_evicting(&mut self, size: u64) -> Result<Allocation, StoreError> {
+        let full = |s: &Self| StoreError::StoreFull {
+            requested: size,
+            capacity: s.alloc.capacity(),
+            used: s.alloc.used(),
+        };
+        if let Some(a) = self.alloc.alloc(size) {
+            return Ok(a);
+        }
+        let need = OffsetAllocator::rounded(size).ok_or_else(|| full(self))?;
+        let evictable: u64 = self
+            .lru
+            .values()
+            .map(|id| self.objects[id].alloc.size)
+            .sum();
+        if need > self.alloc.capacity() || self.alloc.free_bytes() + evictable < need {
+            return Err(full(self));
+        }
+        while let Some((_, id)) = self.lru.pop_first() {
+            self.evict(id);
+            if let Some(a) = self.alloc.alloc(size) {
+                return Ok(a);
+            }
+        }
+        Err(full(self))
+    }
+
+    fn evict(&mut self, id: ObjectId) {
+        let Some(obj) = self.objects.remove(&id) else {
+            debug_assert!(false, "lru names missing object {id:?}");
+            return;
+        };
+        debug_assert!(obj.state == State::Sealed && obj.pins == 0 && obj.evictable);
+        let arena = Arc::clone(&self.arena);
+        if let Ok(bytes) = arena.bytes(obj.descriptor()) {
+            self.hook.on_evict(id, bytes);
+        }
+        self.alloc.free(obj.alloc);
+        self.evictions += 1;
+    }
+
+    /// Puts `id` into the LRU if it is an eviction candidate (rule 8), with a fresh stamp.
+    fn touch(&mut self, id: ObjectId) {
+        let Some(obj) = self.objects.get_mut(&id) else {
+            return;
+        };
+        if let Some(k) = obj.lru_key.take() {
+            self.lru.remove(&k);
+        }
+        if obj.state == State::Sealed && obj.evictable && obj.pins == 0 {
+            self.clock += 1;
+            obj.lru_key = Some(self.clock);
+            self.lru.insert(self.clock, id);
+        }
+    }
+
+    /// Removes `id` from the table and frees its memory.
+    fn free_object(&mut self, id: ObjectId) {
+        if let Some(obj) = self.objects.remove(&id) {
+            if let Some(k) = obj.lru_key {
+                self.lru.remove(&k);
+            }
+            if let State::Unsealed { creator } = obj.state {
+                self.unsealed -= 1;
+                self.forget_creating(creator, id);
+            }
+            self.alloc.free(obj.alloc);
+        }
+    }
+
+    fn forget_creating(&mut self, client: ClientId, id: ObjectId) {
+        if let MapEntry::Occupied(mut e) = self.clients.entry(client) {
+            e.get_mut().creating.remove(&id);
+            if e.get().is_empty() {
+                e.remove();
+            }
+        }
+    }
+
+    /// The writable bytes of an unsealed object, for its creator only (rule 2).
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use rayfork_plasma::{Store, HeapArena, ObjectId, ClientId};
+    /// let mut store = Store::new(Arc::new(HeapArena::new(1 << 16)));
+    /// let (id, me) = (ObjectId::from_u128(1), ClientId(0));
+    /// store.create(id, 4, me).unwrap();
+    /// store.write(id, me).unwrap().copy_from_slice(b"abcd");
+    /// assert!(store.write(id, ClientId(9)).is_err());
+    /// ```
+    pub fn write(&mut self, id: ObjectId, client: ClientId) -> Result<&mut [u8], StoreError> {
+        let obj = find(&mut self.objects, id)?;
+        match obj.state {
+            State::Unsealed { creator } if creator == client => {}
+            State::Unsealed { creator } => {
+                return Err(StoreError::NotCreator {
+                    id,
+                    client,
+                    creator,
+                });
+            }
+            State::Sealed => return Err(StoreError::AlreadySealed(id)),
+            State::Deleted => return Err(StoreError::Deleted(id)),
+        }
+        let d = obj.descriptor();
+        // SAFETY: rule 2: only the creator of an unsealed object gets here, unsealed objects are
+        // never handed out for reading (rule 4), and the allocator gives every live object a
+        // disjoint range; the slice borrows `self` mutably, so this process cannot seal, abort or
+        // write the object again while it lives.
+        Ok(unsafe { self.arena.bytes_mut(d) }?)
+    }
+
+    /// Seals an unsealed object: its bytes are immutable from now on (rule 3).
+    pub fn seal(&mut self, id: ObjectId) -> Result<(), StoreError> {
+        let obj = find(&mut self.objects, id)?;
+        // Rule 3.
+        let State::Unsealed { creator } = obj.state else {
+            return Err(match obj.state {
+                State::Deleted => StoreError::Deleted(id),
+                _ => StoreError::AlreadySealed(id),
+            });
+        };
+        obj.state = State::Sealed;
+        self.unsealed -= 1;
+        self.forget_creating(creator, id);
+        self.touch(id);
+        Ok(())
+    }
+
+    /// Pins a sealed object for `client` and returns where it is (rule 4). Turn the descriptor
+    /// into bytes with [`Arena::bytes`] on [`Store::arena`] (or in another process's mapping).
+    pub fn get(&mut self, id: ObjectId, client: ClientId) -> Result<Descriptor, StoreError> {
+        let obj = find(&mut self.objects, id)?;
+        match obj.state {
+            State::Sealed => {}
+            State::Unsealed { .. } => return Err(StoreError::NotSealed(id)), // Rule 4.
+            State::Deleted => return Err(StoreError::Deleted(id)),           // Rule 6.
+        }
+        obj.pins += 1;
+        let d = obj.descriptor();
+        if obj.pins == 1 {
+            self.pinned += 1;
+        }
+        *self
+            .clients
+            .entry(client)
+            .or_default()
+            .pins
+            .entry(id)
+            .or_insert(0) += 1;
+        self.touch(id);
+        Ok(d)
+    }
+
+    /// Drops one pin of `client` on `id` (rule 5); frees a deleted object on its last pin.
+    pub fn release(&mut self, id: ObjectId, client: ClientId) -> Result<(), StoreError> {
+        if !self.objects.contains_key(&id) {
+            return Err(StoreError::UnknownObject(id));
+        }
+        let not_pinned = StoreError::NotPinned { id, client };
+        let MapEntry::Occupied(mut rec) = self.clients.entry(client) else {
+            return Err(not_pinned);
+        };
+        let MapEntry::Occupied(mut n) = rec.get_mut().pins.entry(id) else {
+            return Err(not_pinned);
+        };
+        *n.get_mut() -= 1;
+        if *n.get() == 0 {
+            n.remove();
+            if rec.get().is_empty() {
+                rec.remove();
+            }
+        }
+        self.unpin(id, 1);
+        Ok(())
+    }
+
+    /// Removes `n` pins from the object's total; frees it if it was deleted and is now unpinned.
+    fn unpin(&mut self, id: ObjectId, n: u64) {
+        let Some(obj) = self.objects.get_mut(&id) else {
+            debug_assert!(false, "pin on missing object {id:?}");
+            return;
+        };
+        debug_assert!(obj.pins >= n);
+        obj.pins -= n;
+        if obj.pins == 0 {
+            self.pinned -= 1;
+            if obj.state == State::Deleted {
+                self.free_object(id); // Rule 5 / rule 6.
+                return;
+            }
+        }
+        self.touch(id);
+    }
+
+    /// Deletes a sealed object (rule 6): freed now if unpinned, else when its last pin goes.
+    pub fn delete(&mut self, id: ObjectId) -> Result<(), StoreError> {
+        let obj = find(&mut self.objects, id)?;
+        match obj.state {
+            State::Sealed => {}
+            State::Unsealed { .. } => return Err(StoreError::NotSealed(id)),
+            State::Deleted => return Err(StoreError::Deleted(id)),
+        }
+        // Rule 6.
+        if obj.pins == 0 {
+            self.free_object(id);
+        } else {
+            obj.state = State::Deleted;
+            self.touch(id); // Leaves the LRU: deleted objects wait for their pins.
+        }
+        Ok(())
+    }
+
+    /// Drops an unsealed object and frees its memory (rule 7).
+    pub fn abort(&mut self, id: ObjectId) -> Result<(), StoreError> {
+        let obj = find(&mut self.objects, id)?;
+        match obj.state {
+            State::Unsealed { .. } => {}
+            State::Sealed => return Err(StoreError::AlreadySealed(id)),
+            State::Deleted => return Err(StoreError::Deleted(id)),
+        }
+        self.free_object(id);
+        Ok(())
+    }
+
+    /// Drops every pin `client` holds and aborts every object it was creating (rule 9).
+    /// Unknown clients are a no-op.
+    pub fn client_gone(&mut self, client: ClientId) {
+        let Some(rec) = self.clients.remove(&client) else {
+            return;
+        };
+        // Rule 9: pins as rule 5 would drop them, creations as rule 7 would abort them.
+        for (id, n) in rec.pins {
+            self.unpin(id, n);
+        }
+        for id in rec.creating {
+            debug_assert!(matches!(
+                self.objects.get(&id).map(|o| o.state),
+                Some(State::Unsealed { creator }) if creator == client
+            ));
+            self.free_object(id);
+        }
+    }
+
+    /// Lets the store evict `id` when it is sealed, unpinned and space is needed (rule 8).
+    pub fn mark_evictable(&mut self, id: ObjectId) -> Result<(), StoreError> {
+        let obj = find(&mut self.objects, id)?;
+        match obj.state {
+            State::Sealed => {}
+            State::Unsealed { .. } => return Err(StoreError::NotSealed(id)),
+            State::Deleted => return Err(StoreError::Deleted(id)),
+        }
+        obj.evictable = true;
+        self.touch(id);
+        Ok(())
+    }
+
+    /// Whether `id` names an unsealed or sealed object (deleted ones are not visible).
+    pub fn contains(&self, id: ObjectId) -> bool {
+        self.objects
+            .get(&id)
+            .is_some_and(|o| o.state != State::Deleted)
+    }
+
+    /// Where `id`'s bytes are, without pinning it (for the owner's bookkeeping, e.g. to hand an
+    /// unsealed object's descriptor to the process that fills it). `None` if unknown or deleted.
+    pub fn descriptor(&self, id: ObjectId) -> Option<Descriptor> {
+        self.objects
+            .get(&id)
+            .filter(|o| o.state != State::Deleted)
+            .map(Object::descriptor)
+    }
+
+    /// Whether `id` is sealed (and not deleted).
+    pub fn is_sealed(&self, id: ObjectId) -> bool {
+        self.objects
+            .get(&id)
+            .is_some_and(|o| o.state == State::Sealed)
+    }
+
+    /// The accounting (rule 10).
+    pub fn stats(&self) -> Stats {
+        Stats {
+            capacity: self.alloc.capacity(),
+            used: self.alloc.used(),
+            free: self.alloc.free_bytes(),
+            live_objects: self.objects.len() as u64,
+            pinned_objects: self.pinned,
+            unsealed_objects: self.unsealed,
+        }
+    }
+
+    /// Objects evicted so far (rule 8).
+    pub fn evictions(&self) -> u64 {
+        self.evictions
+    }
+
+    /// External fragmentation of the free space; see [`OffsetAllocator::fragmentation`].
+    pub fn fragmentation(&self) -> f64 {
+        self.alloc.fragmentation()
+    }
+
+    /// Recomputes every counter from the table and checks it against the incremental ones,
+    /// and that no two objects overlap. For tests; returns a description of the first mismatch.
+    #[doc(hidden)]
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut ranges: Vec<_> = self.objects.values().map(|o| o.alloc).collect();
+        ranges.sort_by_key(|a| a.offset);
+        for w in ranges.windows(2) {
+            if w[0].offset + w[0].size > w[1].offset {
+                return Err(format!("overlap: {:?} {:?}", w[0], w[1]));
+            }
+        }
+        let used: u64 = ranges.iter().map(|a| a.size).sum();
+        if used != self.alloc.used() {
+            return Err(format!("used {} != sum {used}", self.alloc.used()));
+        }
+        if self.alloc.allocations() != self.objects.len() as u64 {
+            return Err("allocation count mismatch".into());
+        }
+        let pinned = self.objects.values().filter(|o| o.pins > 0).count() as u64;
+        let unsealed = self
+            .objects
+            .values()
+            .filter(|o| matches!(o.state, State::Unsealed { .. }))
+            .count() as u64;
+        if pinned != self.pinned || unsealed != self.unsealed {
+            return Err(format!(
+                "pinned {}/{pinned} unsealed {}/{unsealed}",
+                self.pinned, self.unsealed
+            ));
+        }
+        let mut pins: HashMap<ObjectId, u64> = HashMap::new();
+        for rec in self.clients.values() {
+            if rec.is_empty() {
+                return Err("empty client record kept".into());
+            }
+            for (id, n) in &rec.pins {
+                *pins.entry(*id).or_default() += n;
+            }
+        }
+        for (id, o) in &self.objects {
+            if pins.get(id).copied().unwrap_or(0) != o.pins {
+                return Err(format!("pin count mismatch for {id:?}"));
+            }
+            if o.state == State::Deleted && o.pins == 0 {
+                return Err(format!("deleted unpinned object kept: {id:?}"));
+            }
+            let eligible = o.state == State::Sealed && o.evictable && o.pins == 0;
+            if eligible != o.lru_key.is_some() {
+                return Err(format!("lru membership wrong for {id:?}"));
+            }
+        }
+        if self.lru.len()
+            != self
+                .objects
+                .values()
+                .filter(|o| o.lru_key.is_some())
+                .count()
+        {
+            return Err("lru size mismatch".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::HeapArena;
+
+    const A: ClientId = ClientId(1);
+    const B: ClientId = ClientId(2);
+
+    fn id(n: u128) -> ObjectId {
+        ObjectId::from_u128(n)
+    }
+
+    fn store(cap: u64) -> Store<HeapArena> {
+        Store::new(Arc::new(HeapArena::new(HEADER_SIZE + cap)))
+    }
+
+    fn sealed(s: &mut Store<HeapArena>, n: u128, size: u64) -> ObjectId {
+        let i = id(n);
+        s.create(i, size, A).unwrap();
+        s.write(i, A).unwrap().fill(n as u8);
+        s.seal(i).unwrap();
+        i
+    }
+
+    fn assert_empty(s: &Store<HeapArena>) {
+        s.check_invariants().unwrap();
+        let st = s.stats();
+        assert_eq!(
+            (
+                st.used,
+                st.live_objects,
+                st.pinned_objects,
+                st.unsealed_objects
+            ),
+            (0, 0, 0, 0)
+        );
+        assert_eq!(st.free, st.capacity);
+        assert!(s.clients.is_empty() && s.lru.is_empty());
+    }
+
+    #[test]
+    fn full_lifecycle_returns_to_zero() {
+        let mut s = store(1 << 20);
+        let i = id(1);
+        let d = s.create(i, 1000, A).unwrap();
+        assert_eq!(d.len, 1000);
+        assert_eq!(d.offset % 64, 0);
+        assert_eq!(s.stats().unsealed_objects, 1);
+        s.write(i, A).unwrap().copy_from_slice(&[7; 1000]);
+        s.seal(i).unwrap();
+        assert_eq!(s.get(i, B).unwrap(), d);
+        assert_eq!(s.arena().bytes(d).unwrap(), &[7; 1000][..]);
+        assert_eq!(s.stats().pinned_objects, 1);
+        s.release(i, B).unwrap();
+        s.delete(i).unwrap();
+        assert!(!s.contains(i));
+        assert_empty(&s);
+    }
+
+    // Rule 1.
+    #[test]
+    fn create_duplicate_and_zero_size() {
+        let mut s = store(1 << 16);
+        let d = s.create(id(1), 0, A).unwrap();
+        assert_eq!(d.len, 0);
+        assert_eq!(s.create(id(1), 5, B), Err(StoreError::AlreadyExists(id(1))));
+        assert_eq!(s.stats().used, 64);
+        assert!(s.write(id(1), A).unwrap().is_empty());
+        s.seal(id(1)).unwrap();
+        let d = s.get(id(1), A).unwrap();
+        assert_eq!(s.arena().bytes(d).unwrap(), b"");
+        s.release(id(1), A).unwrap();
+        s.delete(id(1)).unwrap();
+        assert_empty(&s);
+    }
+
+    #[test]
+    fn large_objects_are_page_aligned() {
+        let mut s = store(1 << 20);
+        s.create(id(1), 100, A).unwrap();
+        let d = s.create(id(2), 5000, A).unwrap();
+        assert_eq!(d.offset % 4096, 0);
+        assert_eq!(s.stats().used, 128 + 8192);
+        s.client_gone(A);
+        assert_empty(&s);
+    }
+
+    // Rule 2.
+    #[test]
+    fn write_only_by_creator_while_unsealed() {
+        let mut s = store(1 << 16);
+        let i = id(1);
+        assert_eq!(s.write(i, A).unwrap_err(), StoreError::UnknownObject(i));
+        s.create(i, 8, A).unwrap();
+        assert_eq!(
+            s.write(i, B).unwrap_err(),
+            StoreError::NotCreator {
+                id: i,
+                client: B,
+                creator: A
+            }
+        );
+        s.seal(i).unwrap();
+        assert_eq!(s.write(i, A).unwrap_err(), StoreError::AlreadySealed(i));
+    }
+
+    // Rule 3.
+    #[test]
+    fn seal_twice_and_unknown() {
+        let mut s = store(1 << 16);
+        assert_eq!(s.seal(id(9)), Err(StoreError::UnknownObject(id(9))));
+        let i = sealed(&mut s, 1, 10);
+        assert_eq!(s.seal(i), Err(StoreError::AlreadySealed(i)));
+        assert!(s.is_sealed(i));
+    }
+
+    // Rule 4.
+    #[test]
+    fn get_needs_sealed_and_counts_pins() {
+        let mut s = store(1 << 16);
+        assert_eq!(s.get(id(1), A), Err(StoreError::UnknownObject(id(1))));
+        s.create(id(1), 10, A).unwrap();
+        assert_eq!(s.get(id(1), A), Err(StoreError::NotSealed(id(1))));
+        s.seal(id(1)).unwrap();
+        s.get(id(1), B).unwrap();
+        s.get(id(1), B).unwrap();
+        s.get(id(1), A).unwrap();
+        assert_eq!(s.stats().pinned_objects, 1);
+        s.release(id(1), B).unwrap();
+        s.release(id(1), B).unwrap();
+        assert_eq!(
+            s.release(id(1), B),
+            Err(StoreError::NotPinned {
+                id: id(1),
+                client: B
+            })
+        );
+        s.release(id(1), A).unwrap();
+        assert_eq!(s.stats().pinned_objects, 0);
+        s.check_invariants().unwrap();
+    }
+
+    // Rule 5.
+    #[test]
+    fn release_errors() {
+        let mut s = store(1 << 16);
+        assert_eq!(s.release(id(1), A), Err(StoreError::UnknownObject(id(1))));
+        let i = sealed(&mut s, 1, 10);
+        assert_eq!(
+            s.release(i, A),
+            Err(StoreError::NotPinned { id: i, client: A })
+        );
+        s.get(i, A).unwrap();
+        assert_eq!(
+            s.release(i, B),
+            Err(StoreError::NotPinned { id: i, client: B })
+        );
+    }
+
+    // Rule 6.
+    #[test]
+    fn delete_waits_for_last_pin() {
+        let mut s = store(1 << 16);
+        assert_eq!(s.delete(id(1)), Err(StoreError::UnknownObject(id(1))));
+        s.create(id(1), 10, A).unwrap();
+        assert_eq!(s.delete(id(1)), Err(StoreError::NotSealed(id(1))));
+        s.write(id(1), A).unwrap().fill(1);
+        s.seal(id(1)).unwrap();
+        let d = s.get(id(1), A).unwrap();
+        s.get(id(1), B).unwrap();
+        s.delete(id(1)).unwrap();
+        assert!(!s.contains(id(1)));
+        assert_eq!(s.descriptor(id(1)), None);
+        assert_eq!(s.delete(id(1)), Err(StoreError::Deleted(id(1))));
+        assert_eq!(s.get(id(1), A), Err(StoreError::Deleted(id(1))));
+        assert_eq!(s.seal(id(1)), Err(StoreError::Deleted(id(1))));
+        assert_eq!(s.abort(id(1)), Err(StoreError::Deleted(id(1))));
+        assert_eq!(s.write(id(1), A).unwrap_err(), StoreError::Deleted(id(1)));
+        assert_eq!(s.mark_evictable(id(1)), Err(StoreError::Deleted(id(1))));
+        assert_eq!(s.create(id(1), 1, A), Err(StoreError::Deleted(id(1))));
+        // Still readable by the pinners.
+        assert_eq!(s.arena().bytes(d).unwrap(), &[1; 10][..]);
+        assert_eq!(s.stats().live_objects, 1);
+        s.release(id(1), A).unwrap();
+        assert_eq!(s.stats().live_objects, 1);
+        s.release(id(1), B).unwrap();
+        assert_empty(&s);
+        // The id is free again.
+        s.create(id(1), 1, A).unwrap();
+    }
+
+    // Rule 7.
+    #[test]
+    fn abort_only_unsealed() {
+        let mut s = store(1 << 16);
+        assert_eq!(s.abort(id(1)), Err(StoreError::UnknownObject(id(1))));
+        s.create(id(1), 100, A).unwrap();
+        s.abort(id(1)).unwrap();
+        assert_empty(&s);
+        let i = sealed(&mut s, 2, 100);
+        assert_eq!(s.abort(i), Err(StoreError::AlreadySealed(i)));
+    }
+
+    // Rule 8.
+    #[test]
+    fn full_store_evicts_lru_evictable_then_fails() {
+        struct Seen(Arc<std::sync::Mutex<Vec<(ObjectId, u8)>>>);
+        impl EvictionHook for Seen {
+            fn on_evict(&mut self, id: ObjectId, bytes: &[u8]) {
+                self.0.lock().unwrap().push((id, bytes[0]));
+            }
+        }
+        let mut s = store(4 * 4096);
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        s.set_eviction_hook(Box::new(Seen(seen.clone())));
+        let a = sealed(&mut s, 1, 4096);
+        let b = sealed(&mut s, 2, 4096);
+        let c = sealed(&mut s, 3, 4096);
+        let d = sealed(&mut s, 4, 4096);
+        // Nothing evictable: fails, nothing changes.
+        assert_eq!(
+            s.create(id(5), 4096, A),
+            Err(StoreError::StoreFull {
+                requested: 4096,
+                capacity: 4 * 4096,
+                used: 4 * 4096
+            })
+        );
+        for i in [a, b, c, d] {
+            s.mark_evictable(i).unwrap();
+        }
+        // Pinned objects are not evicted; `a` used most recently after its release.
+        s.get(b, B).unwrap();
+        s.get(a, B).unwrap();
+        s.release(a, B).unwrap();
+        // LRU among unpinned evictable: c, d, a.
+        s.create(id(5), 2 * 4096, A).unwrap();
+        assert_eq!(*seen.lock().unwrap(), vec![(c, 3), (d, 4)]);
+        assert!(!s.contains(c) && !s.contains(d) && s.contains(a) && s.contains(b));
+        assert_eq!(s.evictions(), 2);
+        // Cannot fit even after evicting `a`: fails without evicting it.
+        assert!(matches!(
+            s.create(id(6), 3 * 4096, A),
+            Err(StoreError::StoreFull {
+                requested: 12288,
+                ..
+            })
+        ));
+        assert!(s.contains(a));
+        assert!(matches!(
+            s.create(id(6), u64::MAX, A),
+            Err(StoreError::StoreFull { .. })
+        ));
+        assert!(matches!(
+            s.create(id(6), 1 << 40, A),
+            Err(StoreError::StoreFull { .. })
+        ));
+        s.check_invariants().unwrap();
+        let msg = s.create(id(6), 1 << 40, A).unwrap_err().to_string();
+        assert!(msg.contains("larger store"), "{msg}");
+        s.release(b, B).unwrap();
+        s.client_gone(A);
+        s.delete(a).unwrap();
+        s.delete(b).unwrap();
+        assert_empty(&s);
+    }
+
+    #[test]
+    fn mark_evictable_errors() {
+        let mut s = store(1 << 16);
+        assert_eq!(
+            s.mark_evictable(id(1)),
+            Err(StoreError::UnknownObject(id(1)))
+        );
+        s.create(id(1), 1, A).unwrap();
+        assert_eq!(s.mark_evictable(id(1)), Err(StoreError::NotSealed(id(1))));
+        s.seal(id(1)).unwrap();
+        s.mark_evictable(id(1)).unwrap();
+        s.mark_evictable(id(1)).unwrap();
+        s.check_invariants().unwrap();
+    }
+
+    // Rule 9.
+    #[test]
+    fn client_gone_drops_pins_and_aborts_creates() {
+        let mut s = store(1 << 20);
+        let x = sealed(&mut s, 1, 100);
+        s.get(x, B).unwrap();
+        s.get(x, B).unwrap();
+        s.create(id(2), 5000, B).unwrap();
+        s.create(id(3), 10, A).unwrap();
+        s.delete(x).unwrap();
+        s.client_gone(B);
+        assert!(!s.contains(id(2)));
+        assert!(s.contains(id(3)));
+        assert_eq!(s.stats().live_objects, 1);
+        s.client_gone(B); // Unknown client: no-op.
+        s.client_gone(A);
+        assert_empty(&s);
+    }
+
+    #[test]
+    fn descriptor_and_contains() {
+        let mut s = store(1 << 16);
+        assert_eq!(s.descriptor(id(1)), None);
+        let d = s.create(id(1), 3, A).unwrap();
+        assert_eq!(s.descriptor(id(1)), Some(d));
+        assert!(s.contains(id(1)) && !s.is_sealed(id(1)));
+    }
+
+    #[test]
+    fn error_messages_say_what_to_do() {
+        let e = StoreError::NotCreator {
+            id: id(1),
+            client: B,
+            creator: A,
+        };
+        assert!(e.to_string().contains("only its creator (client 1)"));
+        assert!(
+            StoreError::NotSealed(id(1))
+                .to_string()
+                .contains("seal it first")
+        );
+    }
+}

@@ -1,0 +1,204 @@
+//! The client side of the scheduler, shared by the driver and the workers: the `Backend` trait
+//! that the public API calls, id generation, reference-count queues, and the thread-local
+//! contexts that let `ObjectRef` and `Array` find their runtime while being (de)serialized.
+//!
+//! Owns no state of the scheduler; it only speaks to it.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use rayfork_plasma::{Arena, Descriptor, ShmArena};
+
+use crate::protocol::{Id, Payload, Resolved, TaskSpec};
+use crate::{Error, Result};
+
+/// What the public API needs from a runtime, in a driver or in a worker.
+pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
+    /// Submits a task (one-way).
+    fn submit(&self, spec: TaskSpec) -> Result<()>;
+    /// Waits for every id and returns their values.
+    fn get(&self, ids: &[Id], timeout_ms: Option<u64>) -> Result<Vec<Resolved>>;
+    /// Waits until `num_ready` ids are ready; one flag per id.
+    fn wait(&self, ids: &[Id], num_ready: usize, timeout_ms: Option<u64>) -> Result<Vec<bool>>;
+    /// Stores a small value under `id` (one-way).
+    fn put_inline(&self, id: Id, bytes: Vec<u8>, contained: Vec<Id>) -> Result<()>;
+    /// Creates an unsealed store object; returns (offset, len).
+    fn create(&self, id: Id, size: u64) -> Result<(u64, u64)>;
+    /// Seals an object created with `create`.
+    fn seal(&self, id: Id, contained: Vec<Id>) -> Result<()>;
+    /// Drops an unsealed object created with `create`.
+    fn abort(&self, id: Id);
+    /// A reference count change (rule 4 in protocol.rs).
+    fn ref_op(&self, id: Id, delta: i32);
+    /// The shared arena.
+    fn arena(&self) -> &Arc<ShmArena>;
+    /// A fresh object id (rule 3 in protocol.rs).
+    fn new_id(&self) -> Id;
+    /// Values up to this size travel inline.
+    fn inline_max(&self) -> usize;
+}
+
+/// A shared handle to a backend.
+pub(crate) type BackendRef = Arc<dyn Backend>;
+
+/// Makes ids unique within a runtime: the client number in the high bits, a counter below.
+#[derive(Debug)]
+pub(crate) struct IdGen {
+    high: u128,
+    next: AtomicU64,
+}
+
+impl IdGen {
+    pub(crate) fn new(client: u32) -> Self {
+        IdGen {
+            high: (client as u128) << 64,
+            next: AtomicU64::new(1),
+        }
+    }
+
+    pub(crate) fn next(&self) -> Id {
+        self.high | self.next.fetch_add(1, Ordering::Relaxed) as u128
+    }
+}
+
+/// Reference count changes waiting to ride with the next message (workers only).
+#[derive(Debug, Default)]
+pub(crate) struct RefQueue(Mutex<Vec<(Id, i32)>>);
+
+impl RefQueue {
+    pub(crate) fn push(&self, id: Id, delta: i32) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((id, delta));
+    }
+
+    /// Takes the queue; increments come before decrements of the same id, and changes that
+    /// cancel out are dropped.
+    pub(crate) fn take(&self) -> Vec<(Id, i32)> {
+        let ops = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        if ops.len() < 2 {
+            return ops;
+        }
+        let mut net: HashMap<Id, i32> = HashMap::with_capacity(ops.len());
+        let mut order = Vec::new();
+        for (id, d) in ops {
+            let e = net.entry(id).or_insert_with(|| {
+                order.push(id);
+                0
+            });
+            *e += d;
+        }
+        order
+            .into_iter()
+            .filter_map(|id| match net[&id] {
+                0 => None,
+                d => Some((id, d)),
+            })
+            .collect()
+    }
+}
+
+/// The bytes of a payload: inline, or a zero-copy view of the arena.
+pub(crate) fn payload_bytes<'a>(arena: &'a ShmArena, p: &'a Payload) -> Result<&'a [u8]> {
+    match p {
+        Payload::Inline(b) => Ok(b),
+        Payload::Stored { offset, len } => arena
+            .bytes(Descriptor {
+                offset: *offset,
+                len: *len,
+            })
+            .map_err(|e| Error::View(e.to_string())),
+    }
+}
+
+/// A resolved value as bytes, or its error.
+pub(crate) fn resolved_bytes<'a>(arena: &'a ShmArena, r: &'a Resolved) -> Result<&'a [u8]> {
+    match r {
+        Resolved::Value(p) => payload_bytes(arena, p),
+        Resolved::Error(e) => Err(e.clone()),
+    }
+}
+
+thread_local! {
+    static DECODE_CTX: RefCell<Vec<BackendRef>> = const { RefCell::new(Vec::new()) };
+    static COLLECT: RefCell<Vec<Vec<Id>>> = const { RefCell::new(Vec::new()) };
+    static CURRENT: RefCell<Option<Weak<dyn Backend>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with `b` as the runtime that decoded handles attach to.
+pub(crate) fn with_decode_ctx<R>(b: &BackendRef, f: impl FnOnce() -> R) -> R {
+    struct Pop;
+    impl Drop for Pop {
+        fn drop(&mut self) {
+            DECODE_CTX.with(|c| c.borrow_mut().pop());
+        }
+    }
+    DECODE_CTX.with(|c| c.borrow_mut().push(b.clone()));
+    let _pop = Pop;
+    f()
+}
+
+/// The runtime a handle being decoded belongs to.
+pub(crate) fn decode_ctx() -> Option<BackendRef> {
+    DECODE_CTX.with(|c| c.borrow().last().cloned())
+}
+
+/// Runs `f` (an encode) and returns the ids that handles mentioned while it ran.
+pub(crate) fn collecting<R>(f: impl FnOnce() -> R) -> (R, Vec<Id>) {
+    struct Pop;
+    impl Drop for Pop {
+        fn drop(&mut self) {
+            COLLECT.with(|c| c.borrow_mut().pop());
+        }
+    }
+    COLLECT.with(|c| c.borrow_mut().push(Vec::new()));
+    let pop = Pop;
+    let r = f();
+    let ids = COLLECT.with(|c| c.borrow_mut().last_mut().map(std::mem::take));
+    drop(pop);
+    (r, ids.unwrap_or_default())
+}
+
+/// Records that a handle with this id was serialized (rule 4 in protocol.rs).
+pub(crate) fn mention(id: Id) {
+    COLLECT.with(|c| {
+        if let Some(v) = c.borrow_mut().last_mut() {
+            v.push(id)
+        }
+    });
+}
+
+/// Makes `b` the runtime that free functions (`rayfork::put`, `f::remote`) use in this thread.
+pub(crate) fn set_current(b: &BackendRef) {
+    CURRENT.with(|c| *c.borrow_mut() = Some(Arc::downgrade(b)));
+}
+
+/// The runtime that free functions use: the worker's own in a worker, else this thread's.
+pub(crate) fn current() -> Result<BackendRef> {
+    if let Some(w) = crate::worker::backend() {
+        return Ok(w);
+    }
+    if let Some(b) = DECODE_CTX.with(|c| c.borrow().last().cloned()) {
+        return Ok(b);
+    }
+    CURRENT
+        .with(|c| c.borrow().as_ref().and_then(Weak::upgrade))
+        .ok_or(Error::NoRuntime)
+}
+
+/// Encodes a value for a message: inline bytes and the ids it mentions, each of which now owns
+/// a reference (rule 4).
+pub(crate) fn encode_with_refs<T: serde::Serialize + ?Sized>(
+    b: &BackendRef,
+    v: &T,
+) -> Result<(Vec<u8>, Vec<Id>)> {
+    let (bytes, ids) = collecting(|| crate::codec::encode_value(v));
+    let bytes = bytes?;
+    for &id in &ids {
+        b.ref_op(id, 1);
+    }
+    Ok((bytes, ids))
+}

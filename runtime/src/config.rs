@@ -1,0 +1,95 @@
+//! Runtime configuration: the builder that `Runtime::builder()` returns.
+//!
+//! Owns the knobs and their defaults; it starts nothing itself.
+
+use std::path::PathBuf;
+
+/// Values up to this many encoded bytes travel inline in messages (as Ray does).
+pub(crate) const DEFAULT_INLINE_MAX: usize = 64 * 1024;
+
+/// How a runtime is set up. Build one with [`Runtime::builder`](crate::Runtime::builder).
+///
+/// ```no_run
+/// let rt = rayfork::Runtime::builder()
+///     .num_cpus(2)
+///     .store_capacity(1 << 30)
+///     .start()?;
+/// # Ok::<(), rayfork::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub(crate) num_cpus: usize,
+    pub(crate) max_workers: usize,
+    pub(crate) store_capacity: u64,
+    pub(crate) worker_program: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Config {
+            num_cpus: cpus,
+            max_workers: 4 * cpus,
+            store_capacity: default_capacity(),
+            worker_program: None,
+        }
+    }
+}
+
+/// A quarter of the machine's memory, at most 16 GiB and at least 64 MiB.
+fn default_capacity() -> u64 {
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(4 << 30, |kb| kb * 1024);
+    (total / 4).clamp(64 << 20, 16 << 30)
+}
+
+impl Config {
+    /// CPUs the scheduler hands out: at most this many tasks (of one CPU each) run at once.
+    /// Defaults to the machine's. Also the number of workers forked at start.
+    pub fn num_cpus(mut self, n: usize) -> Self {
+        self.num_cpus = n.max(1);
+        if self.max_workers < self.num_cpus {
+            self.max_workers = self.num_cpus;
+        }
+        self
+    }
+
+    /// The most worker processes alive at once. Extra workers are forked while tasks are
+    /// blocked in `get`; past this bound a blocked worker runs queued tasks nested on its own
+    /// stack instead. Defaults to 4 x `num_cpus`; never below `num_cpus`.
+    pub fn max_workers(mut self, n: usize) -> Self {
+        self.max_workers = n.max(self.num_cpus);
+        self
+    }
+
+    /// Bytes of shared memory for the object store. Defaults to a quarter of the machine's
+    /// memory (64 MiB to 16 GiB). Start fails if the machine cannot back it.
+    pub fn store_capacity(mut self, bytes: u64) -> Self {
+        self.store_capacity = bytes;
+        self
+    }
+
+    /// Runs workers from this executable instead of the driver's own binary. Its `main` must
+    /// call [`rayfork::worker::main`](crate::worker::main), and it must link the same
+    /// `#[remote]` functions as the driver.
+    pub fn worker_program(mut self, path: impl Into<PathBuf>) -> Self {
+        self.worker_program = Some(path.into());
+        self
+    }
+
+    /// Starts a runtime with this configuration.
+    pub fn start(self) -> crate::Result<crate::Runtime> {
+        crate::Runtime::start(self)
+    }
+
+    pub(crate) fn initial_workers(&self) -> usize {
+        self.num_cpus
+    }
+}

@@ -1,0 +1,153 @@
+//! The public error type: what went wrong with a task, an object or the runtime, and what to do.
+//!
+//! Owns [`Error`] and the conversions into it. It must not hold anything that cannot cross a
+//! process boundary: errors travel from workers to the driver over the wire (see `protocol`).
+
+use serde::{Deserialize, Serialize};
+
+/// Everything that can go wrong in rayfork, as one enum.
+///
+/// Task errors (`TaskFailed`, `TaskPanicked`, `WorkerCrashed`, `TaskCancelled`) are values: they
+/// are stored as the task's result and every `get` of its ref returns them. The worker that ran
+/// the task survives `TaskFailed` and `TaskPanicked`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Error {
+    /// The task returned `Err(e)`; `message` is `e`'s `Display` text.
+    #[error("task {task} failed: {message}")]
+    TaskFailed {
+        /// The task's name (the function's path unless `options().name(..)` set one).
+        task: String,
+        /// The error's text.
+        message: String,
+    },
+    /// The task panicked; the panic was caught in the worker, which lives on.
+    #[error("task {task} panicked: {message}")]
+    TaskPanicked {
+        /// The task's name.
+        task: String,
+        /// The panic payload's text.
+        message: String,
+    },
+    /// The worker process running the task died on every attempt.
+    #[error(
+        "task {task} lost its worker process on all {attempts} attempt(s): {cause}; \
+         raise max_retries if the crash is transient"
+    )]
+    WorkerCrashed {
+        /// The task's name.
+        task: String,
+        /// How many times the task was started.
+        attempts: u32,
+        /// The signal name or exit code of the last crash.
+        cause: String,
+    },
+    /// The task was cancelled with `cancel` before it produced a result.
+    #[error("task {task} was cancelled")]
+    TaskCancelled {
+        /// The task's name.
+        task: String,
+    },
+    /// The object store has no room for an object even after evicting what it could.
+    #[error(
+        "object store full: {requested} bytes requested, capacity {capacity}, {used} in use; \
+         drop object refs you no longer need or raise Config::store_capacity"
+    )]
+    StoreFull {
+        /// Bytes asked for.
+        requested: u64,
+        /// The store's capacity in bytes.
+        capacity: u64,
+        /// Bytes in use when the request failed.
+        used: u64,
+    },
+    /// No function is registered under this name in the worker program.
+    #[error(
+        "no remote function named `{name}` in the worker program; mark it #[rayfork::remote] \
+         and link it into the worker binary"
+    )]
+    UnknownFunction {
+        /// The name looked up.
+        name: String,
+    },
+    /// A value could not be encoded or decoded (a type mismatch between caller and task, or a
+    /// corrupt payload).
+    #[error("could not {op} a value of type {type_name}: {message}")]
+    Codec {
+        /// `encode` or `decode`.
+        op: String,
+        /// The Rust type involved.
+        type_name: String,
+        /// The codec's message.
+        message: String,
+    },
+    /// `get` or `wait` gave up after its timeout; the task keeps running.
+    #[error("timed out after {millis} ms waiting for an object; the task was not cancelled")]
+    Timeout {
+        /// The timeout that elapsed.
+        millis: u64,
+    },
+    /// A task asked for more of a resource than the runtime has in total: it can never run.
+    #[error(
+        "task {task} needs {requested} {resource} but the runtime has {total} in total; \
+         lower the request or raise the runtime's total"
+    )]
+    Unschedulable {
+        /// The task's name.
+        task: String,
+        /// The resource's name (`CPU`, `GPU` or a custom one).
+        resource: String,
+        /// The amount asked for.
+        requested: String,
+        /// The runtime's total.
+        total: String,
+    },
+    /// There is no runtime to talk to: none was started in this thread, or it has shut down.
+    #[error("no rayfork runtime: start one with Runtime::builder().start() (or it has shut down)")]
+    NoRuntime,
+    /// Starting or running the runtime failed at the OS level.
+    #[error("runtime error: {0}")]
+    Runtime(String),
+    /// A worker or the driver broke the wire protocol (a bug, or a corrupt message).
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// A zero-copy view could not be made (wrong length or alignment for the element type).
+    #[error("invalid array view: {0}")]
+    View(String),
+}
+
+/// `Result<T, rayfork::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// True for errors that are the task's own (it returned `Err` or panicked).
+    pub fn is_application_error(&self) -> bool {
+        matches!(self, Error::TaskFailed { .. } | Error::TaskPanicked { .. })
+    }
+
+    /// True if the task was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, Error::TaskCancelled { .. })
+    }
+
+    pub(crate) fn os(what: &str, err: impl std::fmt::Display) -> Error {
+        Error::Runtime(format!("{what}: {err}"))
+    }
+}
+
+impl From<rayfork_plasma::StoreError> for Error {
+    fn from(e: rayfork_plasma::StoreError) -> Self {
+        match e {
+            rayfork_plasma::StoreError::StoreFull {
+                requested,
+                capacity,
+                used,
+            } => Error::StoreFull {
+                requested,
+                capacity,
+                used,
+            },
+            other => Error::Runtime(format!("object store: {other}")),
+        }
+    }
+}

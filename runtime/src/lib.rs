@@ -1,0 +1,93 @@
+//! rayfork: Ray-style task parallelism for Rust on one machine.
+//!
+//! A driver program marks functions `#[remote]`, submits them as tasks and gets
+//! [`ObjectRef`]s back. Tasks run in worker processes forked from a fork server; every process
+//! maps the same shared-memory object store, so [`Array`]s move between processes without a
+//! copy. A task whose worker process dies is retried.
+//!
+//! ```no_run
+//! use rayfork::{remote, Runtime};
+//!
+//! #[remote]
+//! fn square(x: u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! fn main() -> rayfork::Result<()> {
+//!     let rt = Runtime::builder().num_cpus(2).start()?;
+//!     let refs: Vec<_> = (0..4).map(square::remote).collect();
+//!     assert_eq!(rt.get_all(&refs)?, vec![0, 1, 4, 9]);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # Tasks
+//! `#[remote]` on a free function whose arguments and result are serde types generates
+//! `f::remote(args..) -> ObjectRef<R>` and `f::options()...remote(args..)`. A function that
+//! returns `Result<T, E>` gives an `ObjectRef<T>`, and `Err(e)` comes back from `get` as
+//! [`Error::TaskFailed`] with `e`'s text; a panic as [`Error::TaskPanicked`]. The worker lives on.
+//!
+//! # Object refs
+//! An [`ObjectRef<T>`] can be passed to another task where a `T` is expected: the task waits
+//! for it and receives the value, and the driver never fetches it. [`get`], [`get_all`],
+//! [`wait`] and [`put`] work in the driver and inside tasks. Objects are freed when the last
+//! ref (in any process) is dropped.
+//!
+//! # Arrays
+//! [`Array<T>`] is a sealed array of plain-old-data elements in shared memory; it derefs to
+//! `&[T]` in every process and passes to tasks by id. [`ArrayMut<T>`] is an unsealed one that
+//! the driver or a task fills in place and seals.
+//!
+//! # Nested tasks
+//! A task may submit tasks and `get` their results. While it waits, its CPU goes back to the
+//! scheduler, which runs queued tasks on idle workers, forks more workers (up to
+//! [`Config::max_workers`]) or runs them nested on the blocked worker: no deadlock.
+//!
+//! # Retries
+//! When a worker process dies (a signal, `abort`, `exit`, the OOM killer), its task is retried
+//! on another worker up to `max_retries` times (default 3); then `get` returns
+//! [`Error::WorkerCrashed`] with the signal or exit code.
+//!
+//! # Processes
+//! `Runtime::start` exec's the driver's own binary as a single-threaded fork server (caught
+//! before `main` by a hook in this crate); workers are forked from it. If the driver dies, even
+//! by SIGKILL, the fork server and the workers die with it; dropping the [`Runtime`] kills and
+//! reaps them all.
+
+#![warn(missing_docs)]
+
+mod array;
+mod client;
+mod codec;
+mod config;
+mod error;
+mod fork_server;
+mod ipc;
+mod object_ref;
+mod protocol;
+mod registry;
+mod runtime;
+mod scheduler;
+mod task;
+pub mod worker;
+
+pub use array::{Array, ArrayMut};
+pub use config::Config;
+pub use error::{Error, Result};
+pub use object_ref::{ObjectRef, ReadyPending, get, get_all, get_timeout, put, wait};
+pub use rayfork_macros::remote;
+pub use rayfork_plasma::{ObjectId, Pod};
+pub use runtime::Runtime;
+pub use scheduler::RuntimeStats;
+pub use task::{IntoArg, TaskOptions};
+
+/// Items the `#[remote]` macro expands to. Not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::protocol::Outcome;
+    pub use crate::registry::{Invocation, REMOTE_FNS, RemoteFn};
+    pub use crate::task::{
+        ArgSpec, SubmitCx, arg_error, check_arity, decode_arg, finish, finish_result, submit,
+    };
+    pub use linkme;
+}

@@ -1,0 +1,241 @@
+//! `ObjectRef<T>`: a reference-counted handle to an object that a task will produce, or that
+//! `put` stored, plus the free functions that read it (`get`, `get_all`, `wait`, `put`).
+//!
+//! Owns the handle's reference counting (rule 4 in protocol.rs) and its (de)serialization.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::client::{self, BackendRef};
+use crate::protocol::{Id, Resolved};
+use crate::{Error, Result, codec};
+
+struct Handle {
+    id: Id,
+    backend: std::result::Result<BackendRef, Error>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        if let Ok(b) = &self.backend {
+            b.ref_op(self.id, -1);
+        }
+    }
+}
+
+/// A future value of type `T`: the result of a task, or a value stored with [`put`].
+///
+/// Cloning is cheap. The object lives while any `ObjectRef` to it (in any process) or any task
+/// that takes it as an argument is alive; then its memory is freed. Pass it to another task
+/// as an argument without fetching it: the task receives the value.
+///
+/// ```no_run
+/// #[rayfork::remote]
+/// fn double(x: i64) -> i64 { 2 * x }
+///
+/// let rt = rayfork::Runtime::builder().start()?;
+/// let a = double::remote(21);
+/// let b = double::remote(&a); // depends on a; the driver never fetches a
+/// assert_eq!(rayfork::get(&b)?, 84);
+/// # Ok::<(), rayfork::Error>(())
+/// ```
+pub struct ObjectRef<T> {
+    handle: Arc<Handle>,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for ObjectRef<T> {
+    fn clone(&self) -> Self {
+        ObjectRef {
+            handle: self.handle.clone(),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T> fmt::Debug for ObjectRef<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ObjectRef({:032x})", self.handle.id)
+    }
+}
+
+impl<T> PartialEq for ObjectRef<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.handle.id == other.handle.id
+    }
+}
+
+impl<T> Eq for ObjectRef<T> {}
+
+impl<T> std::hash::Hash for ObjectRef<T> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.handle.id.hash(state)
+    }
+}
+
+impl<T> ObjectRef<T> {
+    /// A handle that owns the reference its object was created with.
+    pub(crate) fn adopt(id: Id, backend: BackendRef) -> Self {
+        ObjectRef {
+            handle: Arc::new(Handle {
+                id,
+                backend: Ok(backend),
+            }),
+            _t: PhantomData,
+        }
+    }
+
+    /// A handle whose every `get` returns `err` (a submission that failed on this side).
+    pub(crate) fn failed(err: Error) -> Self {
+        ObjectRef {
+            handle: Arc::new(Handle {
+                id: 0,
+                backend: Err(err),
+            }),
+            _t: PhantomData,
+        }
+    }
+
+    /// The object's id in the store.
+    pub fn id(&self) -> rayfork_plasma::ObjectId {
+        rayfork_plasma::ObjectId::from_u128(self.handle.id)
+    }
+
+    pub(crate) fn raw_id(&self) -> Id {
+        self.handle.id
+    }
+
+    pub(crate) fn backend(&self) -> Result<&BackendRef> {
+        self.handle.backend.as_ref().map_err(Clone::clone)
+    }
+}
+
+impl<T> Serialize for ObjectRef<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        if let Err(e) = &self.handle.backend {
+            return Err(serde::ser::Error::custom(e));
+        }
+        client::mention(self.handle.id);
+        s.serialize_u128(self.handle.id)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for ObjectRef<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let id = u128::deserialize(d)?;
+        let b = client::decode_ctx()
+            .ok_or_else(|| serde::de::Error::custom("an ObjectRef decoded outside a runtime"))?;
+        b.ref_op(id, 1);
+        Ok(ObjectRef::adopt(id, b))
+    }
+}
+
+fn millis(t: Option<Duration>) -> Option<u64> {
+    t.map(|d| d.as_millis().min(u64::MAX as u128) as u64)
+}
+
+/// Decodes one resolved value in the context of `b`.
+pub(crate) fn decode_resolved<T: DeserializeOwned>(b: &BackendRef, r: &Resolved) -> Result<T> {
+    let bytes = client::resolved_bytes(b.arena(), r)?;
+    client::with_decode_ctx(b, || codec::decode_value(bytes))
+}
+
+/// Waits for the object and returns its value (or the task's error).
+///
+/// Works in the driver and inside tasks; inside a task, the worker's CPU goes back to the
+/// scheduler while it waits.
+pub fn get<T: DeserializeOwned>(r: &ObjectRef<T>) -> Result<T> {
+    get_timeout_opt(r, None)
+}
+
+/// Like [`get`], but gives up with [`Error::Timeout`] after `timeout` (the task goes on).
+pub fn get_timeout<T: DeserializeOwned>(r: &ObjectRef<T>, timeout: Duration) -> Result<T> {
+    get_timeout_opt(r, Some(timeout))
+}
+
+fn get_timeout_opt<T: DeserializeOwned>(r: &ObjectRef<T>, t: Option<Duration>) -> Result<T> {
+    let b = r.backend()?;
+    let mut vals = b.get(&[r.raw_id()], millis(t))?;
+    let v = vals
+        .pop()
+        .ok_or_else(|| Error::Protocol("empty get reply".into()))?;
+    decode_resolved(b, &v)
+}
+
+/// Waits for every object and returns their values in order (the first error, if any).
+pub fn get_all<T: DeserializeOwned>(refs: &[ObjectRef<T>]) -> Result<Vec<T>> {
+    let Some(first) = refs.first() else {
+        return Ok(Vec::new());
+    };
+    let b = first.backend()?;
+    let ids: Vec<Id> = refs.iter().map(ObjectRef::raw_id).collect();
+    let vals = b.get(&ids, None)?;
+    if vals.len() != ids.len() {
+        return Err(Error::Protocol("get reply of the wrong length".into()));
+    }
+    vals.iter().map(|v| decode_resolved(b, v)).collect()
+}
+
+/// The `(ready, pending)` split that [`wait`] returns.
+pub type ReadyPending<T> = (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>);
+
+/// Waits until `num_returns` of `refs` are ready (finished or failed), or `timeout` passes.
+/// Returns `(ready, pending)`, each in the order of `refs`.
+///
+/// ```no_run
+/// # #[rayfork::remote] fn work(i: u64) -> u64 { i }
+/// # let rt = rayfork::Runtime::builder().start()?;
+/// let mut pending: Vec<_> = (0..8).map(work::remote).collect();
+/// while !pending.is_empty() {
+///     let (ready, rest) = rayfork::wait(&pending, 1, None)?;
+///     println!("{}", rayfork::get(&ready[0])?);
+///     pending = rest;
+/// }
+/// # Ok::<(), rayfork::Error>(())
+/// ```
+pub fn wait<T>(
+    refs: &[ObjectRef<T>],
+    num_returns: usize,
+    timeout: Option<Duration>,
+) -> Result<ReadyPending<T>> {
+    let Some(first) = refs.first() else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    let b = first.backend()?;
+    let ids: Vec<Id> = refs.iter().map(ObjectRef::raw_id).collect();
+    let flags = b.wait(&ids, num_returns, millis(timeout))?;
+    let mut ready = Vec::new();
+    let mut pending = Vec::new();
+    for (r, ok) in refs.iter().zip(flags) {
+        if ok {
+            ready.push(r.clone())
+        } else {
+            pending.push(r.clone())
+        }
+    }
+    Ok((ready, pending))
+}
+
+/// Stores a value in the object store and returns a ref to it, in the runtime of this thread
+/// (the worker's own inside a task).
+pub fn put<T: Serialize>(value: &T) -> Result<ObjectRef<T>> {
+    put_with(&client::current()?, value)
+}
+
+pub(crate) fn put_with<T: Serialize>(b: &BackendRef, value: &T) -> Result<ObjectRef<T>> {
+    let (bytes, contained) = client::encode_with_refs(b, value)?;
+    let id = b.new_id();
+    if bytes.len() <= b.inline_max() {
+        b.put_inline(id, bytes, contained)?;
+    } else {
+        let mut m = crate::array::ArrayMut::<u8>::with_len_in(b, id, bytes.len())?;
+        m.copy_from_slice(&bytes);
+        m.seal_with(contained)?;
+    }
+    Ok(ObjectRef::adopt(id, b.clone()))
+}

@@ -1,0 +1,298 @@
+//! The driver's `Runtime`: starts the arena, the scheduler thread (which starts the fork server
+//! and the workers) and shuts them all down on drop.
+//!
+//! Owns the driver side of the `Backend` trait: requests go to the scheduler thread as events.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Sender, channel};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytemuck::Pod;
+use rayfork_plasma::ShmArena;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::client::{Backend, BackendRef, IdGen};
+use crate::config::{Config, DEFAULT_INLINE_MAX};
+use crate::object_ref::{self, ObjectRef};
+use crate::protocol::{FromWorker, Id, Resolved, TaskSpec, ToWorker};
+use crate::scheduler::{Event, RuntimeStats, Scheduler};
+use crate::{Array, ArrayMut, Error, Result};
+
+pub(crate) struct DriverBackend {
+    tx: Sender<Event>,
+    arena: Arc<ShmArena>,
+    ids: IdGen,
+}
+
+impl std::fmt::Debug for DriverBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DriverBackend")
+    }
+}
+
+impl DriverBackend {
+    fn send(&self, ev: Event) -> Result<()> {
+        self.tx.send(ev).map_err(|_| Error::NoRuntime)
+    }
+
+    fn one_way(&self, msg: FromWorker) -> Result<()> {
+        self.send(Event::Driver { msg, reply: None })
+    }
+
+    fn request(&self, msg: FromWorker) -> Result<ToWorker> {
+        let (tx, rx) = channel();
+        self.send(Event::Driver {
+            msg,
+            reply: Some(tx),
+        })?;
+        rx.recv().map_err(|_| Error::NoRuntime)
+    }
+}
+
+impl Backend for DriverBackend {
+    fn submit(&self, spec: TaskSpec) -> Result<()> {
+        self.one_way(FromWorker::Submit(spec))
+    }
+
+    fn get(&self, ids: &[Id], timeout_ms: Option<u64>) -> Result<Vec<Resolved>> {
+        match self.request(FromWorker::Get {
+            ids: ids.to_vec(),
+            timeout_ms,
+        })? {
+            ToWorker::GetReply(Err(Error::Timeout { .. })) => Err(Error::Timeout {
+                millis: timeout_ms.unwrap_or(0),
+            }),
+            ToWorker::GetReply(r) => r,
+            other => Err(Error::Protocol(format!("expected GetReply, got {other:?}"))),
+        }
+    }
+
+    fn wait(&self, ids: &[Id], num_ready: usize, timeout_ms: Option<u64>) -> Result<Vec<bool>> {
+        match self.request(FromWorker::Wait {
+            ids: ids.to_vec(),
+            num_ready,
+            timeout_ms,
+        })? {
+            ToWorker::WaitReply(r) => Ok(r),
+            ToWorker::GetReply(Err(e)) => Err(e),
+            other => Err(Error::Protocol(format!(
+                "expected WaitReply, got {other:?}"
+            ))),
+        }
+    }
+
+    fn put_inline(&self, id: Id, bytes: Vec<u8>, contained: Vec<Id>) -> Result<()> {
+        self.one_way(FromWorker::Put {
+            id,
+            bytes,
+            contained,
+        })
+    }
+
+    fn create(&self, id: Id, size: u64) -> Result<(u64, u64)> {
+        match self.request(FromWorker::Create { id, size })? {
+            ToWorker::Created(r) => r,
+            ToWorker::GetReply(Err(e)) => Err(e),
+            other => Err(Error::Protocol(format!("expected Created, got {other:?}"))),
+        }
+    }
+
+    fn seal(&self, id: Id, contained: Vec<Id>) -> Result<()> {
+        self.one_way(FromWorker::Seal { id, contained })
+    }
+
+    fn abort(&self, id: Id) {
+        let _ = self.one_way(FromWorker::Abort { id });
+    }
+
+    fn ref_op(&self, id: Id, delta: i32) {
+        let _ = self.one_way(FromWorker::RefOps(vec![(id, delta)]));
+    }
+
+    fn arena(&self) -> &Arc<ShmArena> {
+        &self.arena
+    }
+
+    fn new_id(&self) -> Id {
+        self.ids.next()
+    }
+
+    fn inline_max(&self) -> usize {
+        DEFAULT_INLINE_MAX
+    }
+}
+
+/// A running rayfork runtime: a fork server, a pool of worker processes, a scheduler thread and
+/// a shared-memory object store. Dropping it kills and reaps every process it started.
+///
+/// ```no_run
+/// #[rayfork::remote]
+/// fn add(a: i64, b: i64) -> i64 { a + b }
+///
+/// let rt = rayfork::Runtime::builder().num_cpus(2).start()?;
+/// let sum = add::remote(1, 2);
+/// assert_eq!(rt.get(&sum)?, 3);
+/// # Ok::<(), rayfork::Error>(())
+/// ```
+pub struct Runtime {
+    backend: Arc<DriverBackend>,
+    dyn_backend: BackendRef,
+    scheduler: Option<JoinHandle<()>>,
+    num_cpus: usize,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("num_cpus", &self.num_cpus)
+            .finish()
+    }
+}
+
+impl Runtime {
+    /// A builder with the defaults (see [`Config`]).
+    pub fn builder() -> Config {
+        Config::default()
+    }
+
+    /// Starts a runtime. Also makes it this thread's current runtime (for `f::remote` and
+    /// [`put`](crate::put)).
+    pub fn start(cfg: Config) -> Result<Runtime> {
+        if crate::worker::backend().is_some() {
+            return Err(Error::Runtime(
+                "a runtime cannot be started inside a task; use the caller's runtime".into(),
+            ));
+        }
+        let arena = Arc::new(
+            ShmArena::create(cfg.store_capacity).map_err(|e| Error::os("object store", e))?,
+        );
+        let (tx, rx) = channel();
+        let num_cpus = cfg.num_cpus;
+        let (ready_tx, ready_rx) = channel();
+        let sched_arena = arena.clone();
+        let sched_tx = tx.clone();
+        let handle = std::thread::Builder::new()
+            .name("rayfork-scheduler".into())
+            .spawn(
+                move || match Scheduler::new(cfg, sched_arena, sched_tx, rx) {
+                    Ok(s) => {
+                        let _ = ready_tx.send(Ok(()));
+                        s.run();
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                },
+            )
+            .map_err(|e| Error::os("spawn scheduler thread", e))?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = handle.join();
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = handle.join();
+                return Err(Error::Runtime("the scheduler thread died at start".into()));
+            }
+        }
+        let backend = Arc::new(DriverBackend {
+            tx,
+            arena,
+            ids: IdGen::new(0),
+        });
+        let dyn_backend: BackendRef = backend.clone();
+        crate::client::set_current(&dyn_backend);
+        Ok(Runtime {
+            backend,
+            dyn_backend,
+            scheduler: Some(handle),
+            num_cpus,
+        })
+    }
+
+    /// Makes this runtime the current one of the calling thread (for `f::remote` and `put`).
+    pub fn enter(&self) {
+        crate::client::set_current(&self.dyn_backend);
+    }
+
+    /// The CPUs this runtime schedules.
+    pub fn num_cpus(&self) -> usize {
+        self.num_cpus
+    }
+
+    /// Waits for an object; see [`crate::get`].
+    pub fn get<T: DeserializeOwned>(&self, r: &ObjectRef<T>) -> Result<T> {
+        object_ref::get(r)
+    }
+
+    /// Waits for an object at most `timeout`; see [`crate::get_timeout`].
+    pub fn get_timeout<T: DeserializeOwned>(
+        &self,
+        r: &ObjectRef<T>,
+        timeout: Duration,
+    ) -> Result<T> {
+        object_ref::get_timeout(r, timeout)
+    }
+
+    /// Waits for all objects; see [`crate::get_all`].
+    pub fn get_all<T: DeserializeOwned>(&self, refs: &[ObjectRef<T>]) -> Result<Vec<T>> {
+        object_ref::get_all(refs)
+    }
+
+    /// Waits for some objects; see [`crate::wait`].
+    pub fn wait<T>(
+        &self,
+        refs: &[ObjectRef<T>],
+        num_returns: usize,
+        timeout: Option<Duration>,
+    ) -> Result<crate::ReadyPending<T>> {
+        object_ref::wait(refs, num_returns, timeout)
+    }
+
+    /// Stores a value in this runtime; see [`crate::put`].
+    pub fn put<T: Serialize>(&self, value: &T) -> Result<ObjectRef<T>> {
+        object_ref::put_with(&self.dyn_backend, value)
+    }
+
+    /// Copies `data` into shared memory (one copy) as a sealed [`Array`].
+    pub fn put_array<T: Pod>(&self, data: &[T]) -> Result<Array<T>> {
+        let id = self.backend.new_id();
+        let mut m = ArrayMut::with_len_in(&self.dyn_backend, id, data.len())?;
+        m.copy_from_slice(data);
+        m.seal()
+    }
+
+    /// A new unsealed array of `len` elements in this runtime (see [`ArrayMut::with_len`]).
+    pub fn array_mut<T: Pod>(&self, len: usize) -> Result<ArrayMut<T>> {
+        let id = self.backend.new_id();
+        ArrayMut::with_len_in(&self.dyn_backend, id, len)
+    }
+
+    /// A snapshot of the runtime's counters: store accounting, objects, tasks, workers.
+    pub fn stats(&self) -> Result<RuntimeStats> {
+        let (tx, rx) = channel();
+        self.backend.send(Event::Stats(tx))?;
+        rx.recv().map_err(|_| Error::NoRuntime)
+    }
+
+    /// Stops every process of the runtime and waits for them. Also done on drop.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(h) = self.scheduler.take() {
+            let _ = self.backend.send(Event::Shutdown);
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,304 @@
+//! Tasks, object refs, get/wait/put and errors, with real runtimes and real worker processes.
+
+use std::time::Duration;
+
+use rayfork::{Error, Runtime, remote};
+use rayfork_tests::{alive, children_of, eventually, parent_of, watchdog};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+#[remote]
+fn pid() -> u32 {
+    std::process::id()
+}
+
+#[remote]
+fn add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+#[remote]
+fn concat(a: String, b: String) -> String {
+    a + &b
+}
+
+#[remote]
+fn fails(msg: String) -> Result<u8, String> {
+    Err(msg)
+}
+
+#[remote]
+fn fails_num(msg: String) -> Result<i64, String> {
+    Err(msg)
+}
+
+#[remote]
+fn panics(msg: String) -> u8 {
+    panic!("{msg}")
+}
+
+#[remote]
+fn block_on_pipe(fd_path: String) -> i64 {
+    // Blocks until the test writes to the FIFO: a task that finishes only when told to.
+    use std::io::Read;
+    let mut f = std::fs::File::open(fd_path).expect("open fifo");
+    let mut b = [0u8; 1];
+    let _ = f.read(&mut b);
+    b[0] as i64
+}
+
+#[remote]
+fn sum_vec(v: Vec<u64>) -> u64 {
+    v.iter().sum()
+}
+
+#[remote]
+fn make_vec(n: u64) -> Vec<u64> {
+    (0..n).collect()
+}
+
+fn runtime() -> Runtime {
+    Runtime::builder()
+        .num_cpus(2)
+        .store_capacity(256 << 20)
+        .start()
+        .expect("start runtime")
+}
+
+#[test]
+fn tasks_run_in_worker_processes() {
+    let _w = watchdog("tasks_run_in_worker_processes", LIMIT);
+    let rt = runtime();
+    let me = std::process::id();
+    let pids = rt
+        .get_all(&(0..8).map(|_| pid::remote()).collect::<Vec<_>>())
+        .unwrap();
+    for p in &pids {
+        assert_ne!(*p, me, "a task ran in the driver");
+        // Workers are children of the fork server, which is our child.
+        let fork_server = parent_of(*p as i32).expect("worker has a parent");
+        assert_eq!(parent_of(fork_server), Some(me as i32));
+    }
+}
+
+#[test]
+fn refs_as_arguments_resolve_in_order() {
+    let _w = watchdog("refs_as_arguments_resolve_in_order", LIMIT);
+    let rt = runtime();
+    let a = concat::remote("a".to_string(), "b".to_string());
+    let b = concat::remote(&a, "c".to_string());
+    let c = concat::remote("x".to_string(), &b);
+    let d = concat::remote(&c, &a);
+    assert_eq!(rt.get(&d).unwrap(), "xabcab");
+    // A chain of 50 tasks, each depending on the previous one.
+    let mut r = add::remote(0, 1);
+    for _ in 0..49 {
+        r = add::remote(&r, 1);
+    }
+    assert_eq!(rt.get(&r).unwrap(), 50);
+}
+
+#[test]
+fn put_and_pass_without_fetching() {
+    let _w = watchdog("put_and_pass_without_fetching", LIMIT);
+    let rt = runtime();
+    let v: Vec<u64> = (0..100_000).collect(); // 800 KB: goes through the store
+    let r = rt.put(&v).unwrap();
+    assert_eq!(rt.get(&sum_vec::remote(&r)).unwrap(), v.iter().sum::<u64>());
+    assert_eq!(rt.get(&r).unwrap(), v);
+    // A large value given by value goes through the store as well.
+    assert_eq!(
+        rt.get(&sum_vec::remote(v.clone())).unwrap(),
+        v.iter().sum::<u64>()
+    );
+    // A large result comes back through the store.
+    assert_eq!(rt.get(&make_vec::remote(200_000)).unwrap().len(), 200_000);
+}
+
+#[test]
+fn wait_returns_the_first_finished() {
+    let _w = watchdog("wait_returns_the_first_finished", LIMIT);
+    let rt = runtime();
+    let dir = std::env::temp_dir().join(format!("rayfork-wait-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("fifo");
+    let _ = std::fs::remove_file(&fifo);
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let slow = block_on_pipe::remote(fifo.to_string_lossy().into_owned());
+    let fast = add::remote(1, 2);
+    let refs = vec![slow.clone(), fast.clone()];
+    let (ready, pending) = rt.wait(&refs, 1, None).unwrap();
+    assert_eq!(ready, vec![fast]);
+    assert_eq!(pending, vec![slow.clone()]);
+    // With a timeout, nothing more becomes ready.
+    let (ready, pending) = rt
+        .wait(
+            std::slice::from_ref(&slow),
+            1,
+            Some(Duration::from_millis(50)),
+        )
+        .unwrap();
+    assert!(ready.is_empty());
+    assert_eq!(pending.len(), 1);
+    // get with a timeout gives a typed error, and does not cancel.
+    let e = rt
+        .get_timeout(&slow, Duration::from_millis(50))
+        .unwrap_err();
+    assert!(matches!(e, Error::Timeout { .. }), "{e:?}");
+    std::fs::write(&fifo, [7u8]).unwrap();
+    assert_eq!(rt.get(&slow).unwrap(), 7);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn errors_and_panics_are_typed_and_the_worker_survives() {
+    let _w = watchdog("errors_and_panics_are_typed_and_the_worker_survives", LIMIT);
+    let rt = Runtime::builder().num_cpus(1).start().unwrap();
+    let before = rt.get(&pid::remote()).unwrap();
+    let e = rt.get(&fails::remote("bad input".to_string())).unwrap_err();
+    match &e {
+        Error::TaskFailed { task, message } => {
+            assert!(task.ends_with("fails"), "{task}");
+            assert_eq!(message, "bad input");
+        }
+        other => panic!("expected TaskFailed, got {other:?}"),
+    }
+    let e = rt.get(&panics::remote("boom".to_string())).unwrap_err();
+    match &e {
+        Error::TaskPanicked { message, .. } => assert_eq!(message, "boom"),
+        other => panic!("expected TaskPanicked, got {other:?}"),
+    }
+    // Same single worker process before and after.
+    assert_eq!(rt.get(&pid::remote()).unwrap(), before);
+    // A task whose argument failed fails with that error, without running.
+    let dep = fails_num::remote("upstream".to_string());
+    let e = rt.get(&add::remote(1, &dep)).unwrap_err();
+    assert!(matches!(e, Error::TaskFailed { ref message, .. } if message == "upstream"));
+}
+
+#[test]
+fn unknown_function_and_type_mismatch_are_typed_errors() {
+    let _w = watchdog("unknown_function_and_type_mismatch_are_typed_errors", LIMIT);
+    let rt = runtime();
+    let opts = rayfork::TaskOptions::default();
+    let r: rayfork::ObjectRef<u8> =
+        rayfork::__private::submit("no::such::function", &opts, |_| Ok(Vec::new()));
+    let e = rt.get(&r).unwrap_err();
+    assert!(matches!(e, Error::UnknownFunction { ref name } if name == "no::such::function"));
+    // The caller expects a String where the task returns an i64.
+    let r: rayfork::ObjectRef<String> = rayfork::__private::submit(add::NAME, &opts, |cx| {
+        Ok(vec![
+            rayfork::IntoArg::<i64>::into_arg(1i64, cx)?,
+            rayfork::IntoArg::<i64>::into_arg(2i64, cx)?,
+        ])
+    });
+    let e = rt.get(&r).unwrap_err();
+    assert!(matches!(e, Error::Codec { .. }), "{e:?}");
+    // Wrong argument count.
+    let r: rayfork::ObjectRef<i64> = rayfork::__private::submit(add::NAME, &opts, |_| Ok(vec![]));
+    assert!(matches!(rt.get(&r).unwrap_err(), Error::Protocol(_)));
+    // The runtime keeps working.
+    assert_eq!(rt.get(&add::remote(2, 3)).unwrap(), 5);
+}
+
+#[test]
+fn store_returns_to_zero_after_a_workload() {
+    let _w = watchdog("store_returns_to_zero_after_a_workload", LIMIT);
+    let rt = runtime();
+    {
+        let big: Vec<u64> = (0..50_000).collect();
+        let refs: Vec<_> = (0..20).map(|_| sum_vec::remote(big.clone())).collect();
+        let puts: Vec<_> = (0..5)
+            .map(|i| rt.put(&vec![i as u64; 30_000]).unwrap())
+            .collect();
+        let sums: Vec<_> = puts.iter().map(sum_vec::remote).collect();
+        let arrays: Vec<_> = (0..5)
+            .map(|i| rt.put_array(&vec![i as u32; 100_000]).unwrap())
+            .collect();
+        assert!(
+            rt.get_all(&refs)
+                .unwrap()
+                .iter()
+                .all(|&s| s == big.iter().sum::<u64>())
+        );
+        assert_eq!(rt.get_all(&sums).unwrap().len(), 5);
+        assert!(rt.stats().unwrap().store.used > 0);
+        drop(arrays);
+    }
+    // Every ref is dropped: the scheduler processes our drops in order before this request.
+    let s = rt.stats().unwrap();
+    assert_eq!(s.store.used, 0, "{s:?}");
+    assert_eq!(s.store.live_objects, 0, "{s:?}");
+    assert_eq!(s.objects, 0, "{s:?}");
+}
+
+#[test]
+fn runtime_drop_reaps_every_process() {
+    let _w = watchdog("runtime_drop_reaps_every_process", LIMIT);
+    let rt = runtime();
+    let wpid = rt.get(&pid::remote()).unwrap() as i32;
+    let fork_server = parent_of(wpid).unwrap();
+    assert!(children_of(std::process::id() as i32).contains(&fork_server));
+    drop(rt);
+    assert!(!alive(wpid));
+    assert!(!alive(fork_server));
+    // Reaped, not a zombie: it is not our child any more.
+    assert!(!children_of(std::process::id() as i32).contains(&fork_server));
+}
+
+/// Run as a child process by `driver_sigkill_takes_every_process_down`.
+#[test]
+#[ignore = "run as a child driver by another test"]
+fn child_driver() {
+    if std::env::var_os("RAYFORK_TEST_CHILD_DRIVER").is_none() {
+        return;
+    }
+    let rt = runtime();
+    let w = rt.get(&pid::remote()).unwrap() as i32;
+    println!("PIDS {} {}", parent_of(w).unwrap(), w);
+    use std::io::Write;
+    std::io::stdout().flush().unwrap();
+    // Wait to be killed; if the parent test dies first, stdin closes and we exit.
+    let mut sink = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+    drop(rt);
+}
+
+#[test]
+fn driver_sigkill_takes_every_process_down() {
+    let _w = watchdog("driver_sigkill_takes_every_process_down", LIMIT);
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "child_driver",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("RAYFORK_TEST_CHILD_DRIVER", "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let mut pids = None;
+    for line in std::io::BufReader::new(out).lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.split("PIDS ").nth(1) {
+            let v: Vec<i32> = rest
+                .split_whitespace()
+                .map(|x| x.parse().unwrap())
+                .collect();
+            pids = Some((v[0], v[1]));
+            break;
+        }
+    }
+    let (fork_server, worker) = pids.expect("child driver printed its pids");
+    assert!(alive(fork_server) && alive(worker));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    // Fate sharing: gone within a second (the limit is a safety net, ten times that).
+    assert!(eventually(Duration::from_secs(10), || !alive(fork_server)
+        && !alive(worker)));
+}
