@@ -1064,6 +1064,11 @@ impl Scheduler {
             RequestKind::Get => missing == 0,
             RequestKind::Wait { need } => ids.len() - missing >= need,
         };
+        if satisfied {
+            // Answered at once: the frame never blocks and keeps its CPUs.
+            let answer = self.answer(&ids, &kind, None);
+            return self.reply(&client, answer);
+        }
         let rid = self.next_request;
         self.next_request += 1;
         let worker = match client {
@@ -1079,9 +1084,6 @@ impl Scheduler {
                 missing,
             },
         );
-        if satisfied {
-            return self.complete_request(rid, None);
-        }
         let ids = self.requests[&rid].ids.clone();
         for id in ids {
             if let Some(o) = self.objects.get_mut(&id) {
@@ -1124,22 +1126,27 @@ impl Scheduler {
         }
     }
 
-    /// Answers a request; `timed_out` is set when its deadline passed first.
-    fn complete_request(&mut self, rid: u64, timed_out: Option<u64>) {
-        let Some(req) = self.requests.remove(&rid) else {
-            return;
-        };
-        let answer = match req.kind {
+    /// The answer to a request over `ids`; `timed_out` is set when its deadline passed first.
+    fn answer(&self, ids: &[Id], kind: &RequestKind, timed_out: Option<u64>) -> ToWorker {
+        match kind {
             RequestKind::Get if timed_out.is_some() => ToWorker::GetReply(Err(Error::Timeout {
                 millis: timed_out.unwrap_or(0),
             })),
             RequestKind::Get => {
-                ToWorker::GetReply(Ok(req.ids.iter().map(|&i| self.resolve(i)).collect()))
+                ToWorker::GetReply(Ok(ids.iter().map(|&i| self.resolve(i)).collect()))
             }
             RequestKind::Wait { .. } => {
-                ToWorker::WaitReply(req.ids.iter().map(|&i| self.is_ready(i)).collect())
+                ToWorker::WaitReply(ids.iter().map(|&i| self.is_ready(i)).collect())
             }
+        }
+    }
+
+    /// Answers a waiting request; `timed_out` is set when its deadline passed first.
+    fn complete_request(&mut self, rid: u64, timed_out: Option<u64>) {
+        let Some(req) = self.requests.remove(&rid) else {
+            return;
         };
+        let answer = self.answer(&req.ids, &req.kind, timed_out);
         match req.client {
             ClientKey::Driver(tx) => {
                 let _ = tx.send(answer);
