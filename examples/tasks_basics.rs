@@ -68,7 +68,7 @@ fn compare(wrong: &str, t_wrong: Duration, right: &str, t_right: Duration) {
 fn wait_n<T>(
     refs: &[ObjectRef<T>],
     num_returns: usize,
-) -> rayfork::Result<(Vec<ObjectRef<T>>, Vec<ObjectRef<T>>)> {
+) -> rayfork::Result<rayfork::ReadyPending<T>> {
     let (ready, _) = rayfork::wait(refs, num_returns, None)?;
     let ready: HashSet<ObjectRef<T>> = ready.into_iter().collect();
     let (mut r, mut p) = (Vec::new(), Vec::new());
@@ -122,16 +122,19 @@ fn basic_usage(rt: &Runtime) -> rayfork::Result<()> {
     // `remote` returns an object ref (a future) at once; the task runs in a worker process.
     let obj_ref = my_function::remote();
     let v = rt.get(&obj_ref)?;
-    println!("   normal_function() = {}, get(my_function::remote()) = {v}", normal_function());
+    println!(
+        "   normal_function() = {}, get(my_function::remote()) = {v}",
+        normal_function()
+    );
     assert_eq!(v, 1);
 
     // Tasks run in parallel, in the background: submitting does not block. (The guide drops
     // the refs; we keep them to show when the tasks end.)
-    let (vals, all) = timed(|| {
+    let ((vals, submit), all) = timed(|| {
         let (refs, submit) = timed(|| (0..4).map(|_| slow_function::remote()).collect::<Vec<_>>());
         (rt.get_all(&refs), submit)
     });
-    let (vals, submit) = (vals.0?, vals.1);
+    let vals = vals?;
     println!(
         "   4 x slow_function::remote() ({} ms of sleep each): submitted in {:.2} ms, \
          all done after {:.0} ms on 2 CPUs",
@@ -275,7 +278,7 @@ fn get_unnecessarily(rt: &Runtime) -> rayfork::Result<()> {
     let n = ROLLOUT_SIDE * ROLLOUT_SIDE;
     println!(
         "   reduce(generate_rollout) of a {ROLLOUT_SIDE}x{ROLLOUT_SIDE} f64 matrix ({} MB) = {right}",
-        n * 8 >> 20
+        n * 8 / 1_000_000
     );
     assert_eq!(wrong, n as f64);
     assert_eq!(right, n as f64);
@@ -301,7 +304,10 @@ fn one() -> i64 {
 #[remote]
 fn pass_via_nested_ref(refs: Vec<ObjectRef<i64>>) -> rayfork::Result<i64> {
     let s: i64 = rayfork::get_all(&refs)?.iter().sum();
-    println!("   (in worker {}) pass_via_nested_ref: {s}", std::process::id());
+    println!(
+        "   (in worker {}) pass_via_nested_ref: {s}",
+        std::process::id()
+    );
     Ok(s)
 }
 
@@ -309,7 +315,10 @@ fn pass_via_nested_ref(refs: Vec<ObjectRef<i64>>) -> rayfork::Result<i64> {
 #[remote]
 fn pass_via_direct_arg(a: i64, b: i64, c: i64) -> i64 {
     let s = a + b + c;
-    println!("   (in worker {}) pass_via_direct_arg: {s}", std::process::id());
+    println!(
+        "   (in worker {}) pass_via_direct_arg: {s}",
+        std::process::id()
+    );
     s
 }
 
@@ -459,10 +468,10 @@ fn too_many_objects_at_once(rt: &Runtime) -> rayfork::Result<()> {
     });
     let ((seen_w, peak_w), (seen_r, peak_r, batches)) = (wrong?, right?);
     println!(
-        "   {NUM_TASKS} x 80 KB objects: all at once held {} MB in the driver; \
-         {batches} batches of {BATCH_SIZE} held at most {} MB",
-        peak_w >> 20,
-        peak_r >> 20
+        "   {NUM_TASKS} x 80 KB objects: all at once held {:.1} MB in the driver; \
+         {batches} batches of {BATCH_SIZE} held at most {:.1} MB",
+        peak_w as f64 / 1e6,
+        peak_r as f64 / 1e6
     );
     assert_eq!(seen_w, NUM_TASKS * 10 * 1024);
     assert_eq!(seen_r, NUM_TASKS * 10 * 1024);
@@ -510,7 +519,8 @@ fn too_fine_grained_tasks(rt: &Runtime) -> rayfork::Result<()> {
     let (sequential, t_seq) = timed(|| numbers.iter().copied().map(double).collect::<Vec<_>>());
     // Wrong: one tiny task per number; the overhead dominates.
     let (fine, t_wrong) = timed(|| {
-        let doubled_number_refs: Vec<_> = numbers.iter().map(|&n| remote_double::remote(n)).collect();
+        let doubled_number_refs: Vec<_> =
+            numbers.iter().map(|&n| remote_double::remote(n)).collect();
         rt.get_all(&doubled_number_refs)
     });
     // Right: batches of 1000 numbers per task.

@@ -24,6 +24,26 @@ struct Inner {
     id: Id,
     desc: Descriptor,
     backend: BackendRef,
+    /// The validated view of `desc` in this process's mapping (see `raw_slice`).
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: `ptr` points into the shared mapping owned (through `backend`) by this value; the
+// bytes are a sealed object that nobody writes, so sharing the view across threads is sound.
+unsafe impl Send for Inner {}
+// SAFETY: as above: the view is read-only and immutable for the object's lifetime.
+unsafe impl Sync for Inner {}
+
+/// The elements of a view validated by `view`, without re-checking it.
+///
+/// # Safety
+/// `ptr`/`len` must come from a `view::<T>` of a mapping that outlives the returned slice,
+/// and no process may write those bytes while the slice lives.
+unsafe fn raw_slice<'a, T: Pod>(ptr: *const u8, len: usize) -> &'a [T] {
+    // SAFETY: the caller guarantees `ptr`/`len` were validated by `view::<T>` (alignment,
+    // length) and stay mapped and unwritten for 'a.
+    unsafe { std::slice::from_raw_parts(ptr.cast::<T>(), len) }
 }
 
 impl Drop for Inner {
@@ -73,10 +93,17 @@ fn view<T: Pod>(b: &BackendRef, d: Descriptor) -> Result<&[T]> {
 
 impl<T: Pod> Array<T> {
     fn from_parts(id: Id, desc: Descriptor, backend: BackendRef) -> Result<Self> {
-        // Validate once, so `deref` cannot fail.
-        view::<T>(&backend, desc)?;
+        // Validate once, so `deref` is a plain slice.
+        let v = view::<T>(&backend, desc)?;
+        let (ptr, len) = (v.as_ptr().cast::<u8>(), v.len());
         Ok(Array {
-            inner: Arc::new(Inner { id, desc, backend }),
+            inner: Arc::new(Inner {
+                id,
+                desc,
+                backend,
+                ptr,
+                len,
+            }),
             _t: PhantomData,
         })
     }
@@ -128,8 +155,9 @@ impl<T: Pod> Deref for Array<T> {
     type Target = [T];
 
     fn deref(&self) -> &[T] {
-        // Checked in `from_parts`; the arena mapping lives as long as the backend we hold.
-        view(&self.inner.backend, self.inner.desc).unwrap_or(&[])
+        // SAFETY: `from_parts` validated ptr/len with `view::<T>`; the mapping lives as long
+        // as the backend that `inner` holds; the object is sealed, so nobody writes it.
+        unsafe { raw_slice(self.inner.ptr, self.inner.len) }
     }
 }
 
@@ -190,8 +218,17 @@ pub struct ArrayMut<T: Pod> {
     desc: Descriptor,
     backend: BackendRef,
     live: bool,
+    /// The validated writable view of `desc` (see the invariant above).
+    ptr: *mut u8,
+    len: usize,
     _t: PhantomData<T>,
 }
+
+// SAFETY: an `ArrayMut` is the only handle to its unsealed bytes (the invariant above); moving
+// it to another thread moves that exclusive access with it.
+unsafe impl<T: Pod> Send for ArrayMut<T> {}
+// SAFETY: shared access only reads (`Deref`); writing needs `&mut self`.
+unsafe impl<T: Pod> Sync for ArrayMut<T> {}
 
 impl<T: Pod> fmt::Debug for ArrayMut<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -217,15 +254,19 @@ impl<T: Pod> ArrayMut<T> {
             .ok_or_else(|| Error::View(format!("{len} elements overflow")))?;
         let (offset, blen) = b.create(id, size as u64)?;
         let desc = Descriptor { offset, len: blen };
-        let m = ArrayMut {
+        let mut m = ArrayMut {
             id,
             desc,
             backend: b.clone(),
             live: true,
+            ptr: std::ptr::null_mut(),
+            len: 0,
             _t: PhantomData,
         };
-        // Validate the view once (alignment, length), so `deref_mut` cannot fail.
-        view::<T>(&m.backend, desc)?;
+        // Validate the view once (alignment, length), so `deref_mut` is a plain slice.
+        let v = view::<T>(&m.backend, desc)?;
+        m.len = v.len();
+        m.ptr = v.as_ptr().cast::<u8>().cast_mut();
         Ok(m)
     }
 
@@ -271,19 +312,18 @@ impl<T: Pod> Deref for ArrayMut<T> {
     type Target = [T];
 
     fn deref(&self) -> &[T] {
-        view(&self.backend, self.desc).unwrap_or(&[])
+        // SAFETY: validated in `with_len_in`; the mapping lives as long as `backend`; by the
+        // invariant of `ArrayMut` nobody else writes these bytes, and `&self` excludes `&mut`.
+        unsafe { raw_slice(self.ptr, self.len) }
     }
 }
 
 impl<T: Pod> DerefMut for ArrayMut<T> {
     fn deref_mut(&mut self) -> &mut [T] {
-        // SAFETY: by the invariant of `ArrayMut`, this process is the only one that writes or
-        // reads this unsealed range, and `&mut self` makes this the only live view in it.
-        let bytes = unsafe { self.backend.arena().bytes_mut(self.desc) };
-        bytes
-            .ok()
-            .and_then(|b| rayfork_plasma::cast_slice_mut(b).ok())
-            .unwrap_or(&mut [])
+        // SAFETY: validated in `with_len_in` (alignment, length, bounds); the mapping lives as
+        // long as `backend`; by the invariant of `ArrayMut`, this process is the only one that
+        // touches this unsealed range, and `&mut self` makes this the only live view in it.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.cast::<T>(), self.len) }
     }
 }
 

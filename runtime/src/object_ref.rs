@@ -38,11 +38,13 @@ impl Drop for Handle {
 /// #[rayfork::remote]
 /// fn double(x: i64) -> i64 { 2 * x }
 ///
-/// let rt = rayfork::Runtime::builder().start()?;
-/// let a = double::remote(21);
-/// let b = double::remote(&a); // depends on a; the driver never fetches a
-/// assert_eq!(rayfork::get(&b)?, 84);
-/// # Ok::<(), rayfork::Error>(())
+/// fn main() -> rayfork::Result<()> {
+///     let rt = rayfork::Runtime::builder().start()?;
+///     let a = double::remote(21);
+///     let b = double::remote(&a); // depends on a; the driver never fetches a
+///     assert_eq!(rt.get(&b)?, 84);
+///     Ok(())
+/// }
 /// ```
 pub struct ObjectRef<T> {
     handle: Arc<Handle>,
@@ -185,18 +187,23 @@ pub fn get_all<T: DeserializeOwned>(refs: &[ObjectRef<T>]) -> Result<Vec<T>> {
 pub type ReadyPending<T> = (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>);
 
 /// Waits until `num_returns` of `refs` are ready (finished or failed), or `timeout` passes.
-/// Returns `(ready, pending)`, each in the order of `refs`.
+/// Returns `(ready, pending)`, each in the order of `refs`; `ready` holds at most
+/// `num_returns` refs (as Ray's `wait`), so a loop over `pending` sees every result once.
 ///
 /// ```no_run
-/// # #[rayfork::remote] fn work(i: u64) -> u64 { i }
-/// # let rt = rayfork::Runtime::builder().start()?;
-/// let mut pending: Vec<_> = (0..8).map(work::remote).collect();
-/// while !pending.is_empty() {
-///     let (ready, rest) = rayfork::wait(&pending, 1, None)?;
-///     println!("{}", rayfork::get(&ready[0])?);
-///     pending = rest;
+/// #[rayfork::remote]
+/// fn work(i: u64) -> u64 { i }
+///
+/// fn main() -> rayfork::Result<()> {
+///     let _rt = rayfork::Runtime::builder().start()?;
+///     let mut pending: Vec<_> = (0..8).map(work::remote).collect();
+///     while !pending.is_empty() {
+///         let (ready, rest) = rayfork::wait(&pending, 1, None)?;
+///         println!("{}", rayfork::get(&ready[0])?);
+///         pending = rest;
+///     }
+///     Ok(())
 /// }
-/// # Ok::<(), rayfork::Error>(())
 /// ```
 pub fn wait<T>(
     refs: &[ObjectRef<T>],
@@ -209,10 +216,11 @@ pub fn wait<T>(
     let b = first.backend()?;
     let ids: Vec<Id> = refs.iter().map(ObjectRef::raw_id).collect();
     let flags = b.wait(&ids, num_returns, millis(timeout))?;
+    // As Ray: at most `num_returns` refs come back ready; the rest stay pending.
     let mut ready = Vec::new();
     let mut pending = Vec::new();
     for (r, ok) in refs.iter().zip(flags) {
-        if ok {
+        if ok && ready.len() < num_returns {
             ready.push(r.clone())
         } else {
             pending.push(r.clone())

@@ -131,10 +131,12 @@ impl Backend for DriverBackend {
 /// #[rayfork::remote]
 /// fn add(a: i64, b: i64) -> i64 { a + b }
 ///
-/// let rt = rayfork::Runtime::builder().num_cpus(2).start()?;
-/// let sum = add::remote(1, 2);
-/// assert_eq!(rt.get(&sum)?, 3);
-/// # Ok::<(), rayfork::Error>(())
+/// fn main() -> rayfork::Result<()> {
+///     let rt = rayfork::Runtime::builder().num_cpus(2).start()?;
+///     let sum = add::remote(1, 2);
+///     assert_eq!(rt.get(&sum)?, 3);
+///     Ok(())
+/// }
 /// ```
 pub struct Runtime {
     backend: Arc<DriverBackend>,
