@@ -361,11 +361,12 @@ impl<A: Arena> Store<A> {
             State::Deleted => return Err(StoreError::Deleted(id)),
         }
         let d = obj.descriptor();
-        // SAFETY: rule 2: only the creator of an unsealed object gets here, unsealed objects are
-        // never handed out for reading (rule 4), and the allocator gives every live object a
-        // disjoint range; the slice borrows `self` mutably, so this process cannot seal, abort or
-        // write the object again while it lives.
-        Ok(unsafe { self.arena.bytes_mut(d) }?)
+        // Rule 2: only the creator of an unsealed object gets here; unsealed objects are never
+        // handed out for reading (rule 4); the allocator gives live objects disjoint ranges.
+        // SAFETY: by those rules this is the only view of the range, and it borrows `self`
+        // mutably, so this process cannot seal, abort or write the object while it lives.
+        let bytes = unsafe { self.arena.bytes_mut(d) };
+        Ok(bytes?)
     }
 
     /// Seals an unsealed object: its bytes are immutable from now on (rule 3).
