@@ -12,7 +12,6 @@
 //!
 //! Run with `cargo run --release --example tasks_basics`.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use rayfork::{ObjectRef, Runtime, remote};
@@ -60,26 +59,6 @@ fn compare(wrong: &str, t_wrong: Duration, right: &str, t_right: Duration) {
         r * 1e3,
         w / r.max(1e-9)
     );
-}
-
-/// `ray.wait` semantics: at most `num_returns` refs in `ready`, the rest (ready or not) in
-/// `pending`, both in the order of `refs`. `rayfork::wait` returns *every* ready ref, possibly
-/// more than `num_returns`, so a literal port of `finished[0]` would lose results; this caps it.
-fn wait_n<T>(
-    refs: &[ObjectRef<T>],
-    num_returns: usize,
-) -> rayfork::Result<rayfork::ReadyPending<T>> {
-    let (ready, _) = rayfork::wait(refs, num_returns, None)?;
-    let ready: HashSet<ObjectRef<T>> = ready.into_iter().collect();
-    let (mut r, mut p) = (Vec::new(), Vec::new());
-    for x in refs {
-        if r.len() < num_returns && ready.contains(x) {
-            r.push(x.clone());
-        } else {
-            p.push(x.clone());
-        }
-    }
-    Ok((r, p))
 }
 
 /// Store bytes in use, polled briefly: ref drops travel to the scheduler asynchronously.
@@ -188,9 +167,9 @@ fn passing_object_refs(rt: &Runtime) -> rayfork::Result<()> {
 fn waiting_for_partial_results(rt: &Runtime) -> rayfork::Result<()> {
     section("Waiting for partial results");
     let object_refs: Vec<_> = (0..2).map(|_| slow_function::remote()).collect();
-    // Return as soon as one of the tasks finished. (`wait_n` gives `ray.wait`'s "at most
+    // Return as soon as one of the tasks finished. (`rayfork::wait` gives `ray.wait`'s "at most
     // num_returns ready"; both tasks end at about the same time here.)
-    let (r, t) = timed(|| wait_n(&object_refs, 1));
+    let (r, t) = timed(|| rayfork::wait(&object_refs, 1, None));
     let (ready_refs, remaining_refs) = r?;
     println!(
         "   wait(2 slow tasks, num_returns=1): {} ready, {} remaining after {:.0} ms",
@@ -385,7 +364,7 @@ fn submission_order(rt: &Runtime) -> rayfork::Result<()> {
         let mut unfinished = refs;
         let mut processed = Vec::new();
         while !unfinished.is_empty() {
-            let (finished, rest) = wait_n(&unfinished, 1)?;
+            let (finished, rest) = rayfork::wait(&unfinished, 1, None)?;
             unfinished = rest;
             process(rt.get(&finished[0])?, &mut processed);
         }
@@ -458,7 +437,7 @@ fn too_many_objects_at_once(rt: &Runtime) -> rayfork::Result<()> {
             .collect();
         let (mut seen, mut peak, mut batches) = (0, 0, 0);
         while !object_refs.is_empty() {
-            let (ready_object_refs, rest) = wait_n(&object_refs, BATCH_SIZE)?;
+            let (ready_object_refs, rest) = rayfork::wait(&object_refs, BATCH_SIZE, None)?;
             object_refs = rest;
             let results = rt.get_all(&ready_object_refs)?;
             process_results(&results, &mut seen, &mut peak);

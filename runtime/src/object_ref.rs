@@ -241,9 +241,15 @@ pub(crate) fn put_with<T: Serialize>(b: &BackendRef, value: &T) -> Result<Object
     if bytes.len() <= b.inline_max() {
         b.put_inline(id, bytes, contained)?;
     } else {
-        let mut m = crate::array::ArrayMut::<u8>::with_len_in(b, id, bytes.len())?;
-        m.copy_from_slice(&bytes);
-        m.seal_with(contained)?;
+        store_bytes(b, id, &bytes, contained)?;
     }
     Ok(ObjectRef::adopt(id, b.clone()))
+}
+
+/// Writes an encoded value into a new sealed store object `id`; its one reference stays with
+/// the caller (the new handle, or the task that takes it as an argument).
+pub(crate) fn store_bytes(b: &BackendRef, id: Id, bytes: &[u8], contained: Vec<Id>) -> Result<()> {
+    let mut m = crate::array::ArrayMut::<u8>::with_len_in(b, id, bytes.len())?;
+    m.copy_from_slice(bytes);
+    m.seal_with(contained)
 }

@@ -89,9 +89,7 @@ impl<T: Serialize> IntoArg<T> for T {
         }
         // Large: through the store, as Ray does.
         let id = b.new_id();
-        let mut m = crate::array::ArrayMut::<u8>::with_len_in(b, id, bytes.len())?;
-        m.copy_from_slice(&bytes);
-        m.seal_with(contained)?;
+        crate::object_ref::store_bytes(b, id, &bytes, contained)?;
         // The store object's reference moves to the task.
         Ok(ArgSpec(Arg::Ref(id)))
     }
