@@ -1,12 +1,17 @@
 //! Moving protocol messages between processes: length-prefixed frames on stream sockets (driver
 //! <-> worker) and packets carrying file descriptors (fork server -> driver).
 //!
-//! Owns framing, size limits and fd passing. It knows nothing of what the messages mean.
+//! Owns framing, size limits, fd passing and the spin-then-sleep policy of waiting threads. It
+//! knows nothing of what the messages mean.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
-use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
+use nix::sys::socket::{
+    ControlMessage, ControlMessageOwned, MsgFlags, recv, recvmsg, send, sendmsg,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -18,50 +23,195 @@ pub(crate) const MAX_FRAME: usize = 1 << 30;
 /// Largest fork-server packet.
 const MAX_PACKET: usize = 64 * 1024;
 
-/// Encodes `msg` as one frame (u32 little-endian length, then bincode) into `buf`.
+/// Appends `msg` as one frame (u32 little-endian length, then bincode) to `buf`.
 fn frame<T: Serialize>(msg: &T, buf: &mut Vec<u8>) -> io::Result<()> {
-    buf.clear();
+    let at = buf.len();
     buf.extend_from_slice(&[0; 4]);
-    codec::encode_into(msg, buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    let len = buf.len() - 4;
+    if let Err(e) = codec::encode_into(msg, buf) {
+        buf.truncate(at);
+        return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+    }
+    let len = buf.len() - at - 4;
     if len > MAX_FRAME {
+        buf.truncate(at);
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("message of {len} bytes exceeds the frame limit"),
         ));
     }
-    buf[..4].copy_from_slice(&(len as u32).to_le_bytes());
+    buf[at..at + 4].copy_from_slice(&(len as u32).to_le_bytes());
     Ok(())
 }
 
-/// Writes one message as a single frame.
-pub(crate) fn send<T: Serialize>(w: &mut impl Write, msg: &T) -> io::Result<()> {
-    let mut buf = Vec::with_capacity(64);
-    frame(msg, &mut buf)?;
-    w.write_all(&buf)
+/// Bytes a reader asks the kernel for at least, per read.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// A reader keeps a buffer this large after a big frame; a larger one is given back.
+const KEEP_BUFFER: usize = 1 << 20;
+
+/// Incoming bytes of a stream socket, cut into frames.
+///
+/// The buffer is always initialized (`buf.len()` is its capacity); `buf[start..end]` holds
+/// bytes received but not yet decoded.
+#[derive(Debug, Default)]
+pub(crate) struct FrameReader {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
 }
 
-/// Reads one frame. `Ok(None)` on a clean end of stream (the peer closed or died).
-pub(crate) fn recv<T: DeserializeOwned>(r: &mut impl Read) -> io::Result<Option<T>> {
-    let mut len = [0u8; 4];
-    match r.read_exact(&mut len) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(None),
-        Err(e) => return Err(e),
+impl FrameReader {
+    /// The next complete frame, if one is buffered. A frame that fails to decode is an error:
+    /// the stream is corrupt and must be dropped.
+    pub(crate) fn next<T: DeserializeOwned>(&mut self) -> io::Result<Option<T>> {
+        let avail = &self.buf[self.start..self.end];
+        let Some(len) = frame_len(avail)? else {
+            return Ok(None);
+        };
+        if avail.len() < 4 + len {
+            return Ok(None);
+        }
+        let msg = codec::decode(&avail[4..4 + len])
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        self.start += 4 + len;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+            if self.buf.len() > KEEP_BUFFER {
+                self.buf = Vec::new();
+            }
+        }
+        Ok(Some(msg))
     }
-    let len = u32::from_le_bytes(len) as usize;
+
+    /// Reads what the socket gives in one `recv` (with `flags`, e.g. `MSG_DONTWAIT`).
+    /// `Ok(0)` means the peer closed; `WouldBlock` means nothing is there yet.
+    pub(crate) fn fill(&mut self, sock: &impl AsFd, flags: MsgFlags) -> io::Result<usize> {
+        self.make_room()?;
+        loop {
+            match recv(sock.as_fd().as_raw_fd(), &mut self.buf[self.end..], flags) {
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(n);
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Makes room for at least one read chunk, or for the whole frame being received.
+    fn make_room(&mut self) -> io::Result<()> {
+        let pending = self.end - self.start;
+        let need = match frame_len(&self.buf[self.start..self.end])? {
+            Some(len) => (4 + len).max(pending + READ_CHUNK),
+            None => pending + READ_CHUNK,
+        };
+        if self.buf.len() - self.end < READ_CHUNK.min(need - pending) && self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.start = 0;
+            self.end = pending;
+        }
+        if self.buf.len() - self.start < need {
+            self.buf.resize(self.start + need, 0);
+        }
+        Ok(())
+    }
+}
+
+/// The length announced by the frame header at the start of `bytes`, once it is complete.
+fn frame_len(bytes: &[u8]) -> io::Result<Option<usize>> {
+    let Some(head) = bytes.first_chunk::<4>() else {
+        return Ok(None);
+    };
+    let len = u32::from_le_bytes(*head) as usize;
     if len > MAX_FRAME {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("frame of {len} bytes exceeds the limit"),
         ));
     }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body)?;
-    codec::decode(&body)
-        .map(Some)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    Ok(Some(len))
+}
+
+/// Outgoing frames of a stream socket that the kernel has not taken yet.
+#[derive(Debug, Default)]
+pub(crate) struct FrameWriter {
+    buf: Vec<u8>,
+    sent: usize,
+}
+
+impl FrameWriter {
+    /// Queues one message.
+    pub(crate) fn push<T: Serialize>(&mut self, msg: &T) -> io::Result<()> {
+        frame(msg, &mut self.buf)
+    }
+
+    /// Nothing is waiting to be sent.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.sent == self.buf.len()
+    }
+
+    /// Sends what is queued. With `MSG_DONTWAIT` it stops when the socket is full and returns
+    /// `Ok(false)`; `Ok(true)` once everything went out.
+    pub(crate) fn flush(&mut self, sock: &impl AsFd, flags: MsgFlags) -> io::Result<bool> {
+        while self.sent < self.buf.len() {
+            match send(
+                sock.as_fd().as_raw_fd(),
+                &self.buf[self.sent..],
+                flags | MsgFlags::MSG_NOSIGNAL,
+            ) {
+                Ok(n) => self.sent += n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EAGAIN) => return Ok(false),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.sent = 0;
+        self.buf.clear();
+        if self.buf.capacity() > KEEP_BUFFER {
+            self.buf = Vec::new();
+        }
+        Ok(true)
+    }
+}
+
+/// How long a thread waiting for a message polls for it before it sleeps in the kernel.
+///
+/// Waking a sleeping thread on another CPU costs tens of microseconds on a virtual machine; a
+/// short spin hides it for the back-and-forth of small tasks. `RAYFORK_SPIN_US` overrides it
+/// (`0` turns spinning off), read once per process.
+pub(crate) fn spin_budget() -> Duration {
+    static BUDGET: OnceLock<Duration> = OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        let us = std::env::var("RAYFORK_SPIN_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_SPIN_US);
+        Duration::from_micros(us)
+    })
+}
+
+/// The default of [`spin_budget`], in microseconds.
+const DEFAULT_SPIN_US: u64 = 50;
+
+/// Calls `poll` until it gives a value or the spin budget is spent, yielding the CPU between
+/// calls so that a peer on the same CPU can run.
+pub(crate) fn spin<T>(mut poll: impl FnMut() -> Option<T>) -> Option<T> {
+    let budget = spin_budget();
+    if budget.is_zero() {
+        return poll();
+    }
+    let start = Instant::now();
+    loop {
+        if let Some(v) = poll() {
+            return Some(v);
+        }
+        if start.elapsed() >= budget {
+            return None;
+        }
+        std::thread::yield_now();
+    }
 }
 
 /// Sends one packet on a `SOCK_SEQPACKET` socket, with `fds` attached.

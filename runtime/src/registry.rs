@@ -20,7 +20,8 @@ pub struct Invocation<'a> {
 
 /// One registered remote function.
 pub struct RemoteFn {
-    /// The stable name: `module_path!()::function`.
+    /// The stable name: `module_path!()::function` (a worker program of another crate finds it
+    /// without the crate's segment, see `lookup`).
     pub name: &'static str,
     /// Decodes the arguments, calls the function, encodes its result.
     pub call: fn(Invocation<'_>) -> Outcome,
@@ -30,11 +31,51 @@ pub struct RemoteFn {
 #[linkme::distributed_slice]
 pub static REMOTE_FNS: [RemoteFn];
 
-/// Finds a function by name.
+/// The name without its crate: `module::path::function`. An external worker program
+/// (`Config::worker_program`) that includes the same modules as the driver registers the same
+/// functions under another crate name; this is how it finds them.
+fn without_crate(name: &str) -> &str {
+    name.split_once("::").map_or(name, |(_, rest)| rest)
+}
+
+struct Index {
+    exact: HashMap<&'static str, &'static RemoteFn>,
+    /// By `without_crate` name; `None` when two functions share it (only exact names work).
+    relative: HashMap<&'static str, Option<&'static RemoteFn>>,
+}
+
+/// Finds a function by its full name; failing that (a worker program built as another crate),
+/// by its name without the crate, if exactly one function has it.
 pub(crate) fn lookup(name: &str) -> Option<&'static RemoteFn> {
-    static INDEX: OnceLock<HashMap<&'static str, &'static RemoteFn>> = OnceLock::new();
-    INDEX
-        .get_or_init(|| REMOTE_FNS.iter().map(|f| (f.name, f)).collect())
+    static INDEX: OnceLock<Index> = OnceLock::new();
+    let index = INDEX.get_or_init(|| {
+        let mut idx = Index {
+            exact: HashMap::new(),
+            relative: HashMap::new(),
+        };
+        for f in REMOTE_FNS.iter() {
+            idx.exact.insert(f.name, f);
+            idx.relative
+                .entry(without_crate(f.name))
+                .and_modify(|e| *e = None)
+                .or_insert(Some(f));
+        }
+        idx
+    });
+    index
+        .exact
         .get(name)
         .copied()
+        .or_else(|| index.relative.get(without_crate(name)).copied().flatten())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_crate;
+
+    #[test]
+    fn the_crate_is_the_first_segment() {
+        assert_eq!(without_crate("driver::tasks::f::f"), "tasks::f::f");
+        assert_eq!(without_crate("f"), "f");
+    }
 }

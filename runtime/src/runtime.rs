@@ -4,7 +4,7 @@
 //! Owns the driver side of the `Backend` trait: requests go to the scheduler thread as events.
 
 use std::sync::Arc;
-use std::sync::mpsc::{Sender, channel};
+use std::sync::mpsc::{Sender, TryRecvError, channel};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -17,11 +17,12 @@ use crate::client::{Backend, BackendRef, IdGen};
 use crate::config::{Config, DEFAULT_INLINE_MAX};
 use crate::object_ref::{self, ObjectRef};
 use crate::protocol::{FromWorker, Id, Resolved, TaskSpec, ToWorker};
-use crate::scheduler::{Event, RuntimeStats, Scheduler};
+use crate::scheduler::{Doorbell, Event, RuntimeStats, Scheduler};
 use crate::{Array, ArrayMut, Error, Result};
 
 pub(crate) struct DriverBackend {
     tx: Sender<Event>,
+    bell: Arc<Doorbell>,
     arena: Arc<ShmArena>,
     ids: IdGen,
 }
@@ -34,7 +35,9 @@ impl std::fmt::Debug for DriverBackend {
 
 impl DriverBackend {
     fn send(&self, ev: Event) -> Result<()> {
-        self.tx.send(ev).map_err(|_| Error::NoRuntime)
+        self.tx.send(ev).map_err(|_| Error::NoRuntime)?;
+        self.bell.ring();
+        Ok(())
     }
 
     fn one_way(&self, msg: FromWorker) -> Result<()> {
@@ -47,7 +50,14 @@ impl DriverBackend {
             msg,
             reply: Some(tx),
         })?;
-        rx.recv().map_err(|_| Error::NoRuntime)
+        let spun = crate::ipc::spin(|| match rx.try_recv() {
+            Err(TryRecvError::Empty) => None,
+            other => Some(other.map_err(|_| Error::NoRuntime)),
+        });
+        match spun {
+            Some(r) => r,
+            None => rx.recv().map_err(|_| Error::NoRuntime),
+        }
     }
 }
 
@@ -171,14 +181,15 @@ impl Runtime {
             ShmArena::create(cfg.store_capacity).map_err(|e| Error::os("object store", e))?,
         );
         let (tx, rx) = channel();
+        let bell = Arc::new(Doorbell::new()?);
         let num_cpus = cfg.num_cpus;
         let (ready_tx, ready_rx) = channel();
         let sched_arena = arena.clone();
-        let sched_tx = tx.clone();
+        let sched_bell = bell.clone();
         let handle = std::thread::Builder::new()
             .name("rayfork-scheduler".into())
             .spawn(
-                move || match Scheduler::new(cfg, sched_arena, sched_tx, rx) {
+                move || match Scheduler::new(cfg, sched_arena, rx, sched_bell) {
                     Ok(s) => {
                         let _ = ready_tx.send(Ok(()));
                         s.run();
@@ -202,6 +213,7 @@ impl Runtime {
         }
         let backend = Arc::new(DriverBackend {
             tx,
+            bell,
             arena,
             ids: IdGen::new(0),
         });

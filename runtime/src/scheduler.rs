@@ -1,8 +1,9 @@
 //! The scheduler: one thread in the driver that owns the task table, the object directory, the
 //! worker table, CPU accounting and the plasma store.
 //!
-//! Every other thread talks to it through `Event`s; it talks to workers through their sockets
-//! and to the fork server through its control socket. It runs no user code.
+//! Driver threads talk to it through `Event`s (and ring its `Doorbell`); it polls the workers'
+//! sockets and the fork server's control socket itself, on the same thread, so a message from
+//! a worker costs no extra thread hop. It runs no user code.
 //!
 //! Task states: queued (waiting for deps or a CPU) -> running on a worker -> finished or failed;
 //! a task whose worker dies goes back to the front of the queue while attempts remain.
@@ -26,42 +27,76 @@
 //!    malformed request) kills that worker, never the driver.
 
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::process::Child;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::atomic::{AtomicBool, Ordering, fence};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::socket::MsgFlags;
 
 use rayfork_plasma::{ClientId, ObjectId, ShmArena, Store};
 
 use crate::config::Config;
+use crate::ipc::{FrameReader, FrameWriter};
 use crate::protocol::{
     Arg, ExitCause, ForkReply, ForkRequest, FromWorker, Id, Outcome, Payload, Resolved, TaskSpec,
     ToWorker,
 };
 use crate::{Error, fork_server, ipc};
 
-/// Inputs of the scheduler thread.
+/// What driver threads ask of the scheduler thread (workers and the fork server speak on
+/// their sockets, which the scheduler polls itself).
 pub(crate) enum Event {
     /// A request from the driver; `reply` receives the answer to requests that have one.
     Driver {
         msg: FromWorker,
         reply: Option<Sender<ToWorker>>,
     },
-    /// A message read from a worker's socket.
-    Worker { slot: u32, msg: FromWorker },
-    /// A worker's socket closed or broke.
-    Hangup { slot: u32 },
-    /// A message from the fork server.
-    Fork(ForkReply, Vec<OwnedFd>),
-    /// The fork server's socket closed.
-    ForkServerGone,
     /// A snapshot of the runtime's counters.
     Stats(Sender<RuntimeStats>),
     /// Stop: kill the workers and the fork server and end the thread.
     Shutdown,
+}
+
+/// Wakes the scheduler thread when it sleeps in `poll`: an eventfd it polls beside the
+/// sockets, rung by senders of `Event`s only while the scheduler says it sleeps.
+///
+/// The scheduler stores `sleeping = true` and then looks at its channel once more before it
+/// polls; a sender puts its event in the channel and then reads `sleeping`. A SeqCst fence
+/// on each side between the write and the read orders them, so either the scheduler sees the
+/// event or the sender sees `sleeping` and rings: no wake-up is lost.
+#[derive(Debug)]
+pub(crate) struct Doorbell {
+    sleeping: AtomicBool,
+    fd: EventFd,
+}
+
+impl Doorbell {
+    pub(crate) fn new() -> crate::Result<Doorbell> {
+        let fd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .map_err(|e| Error::os("eventfd", std::io::Error::from(e)))?;
+        Ok(Doorbell {
+            sleeping: AtomicBool::new(false),
+            fd,
+        })
+    }
+
+    /// Called after an event was sent: wakes the scheduler if it sleeps.
+    pub(crate) fn ring(&self) {
+        fence(Ordering::SeqCst);
+        if self.sleeping.load(Ordering::SeqCst) {
+            let _ = self.fd.write(1);
+        }
+    }
+
+    fn drain(&self) {
+        let _ = self.fd.read();
+    }
 }
 
 /// Counters of a running runtime (see `Runtime::stats`).
@@ -153,7 +188,10 @@ struct Frame {
 
 struct Worker {
     pid: i32,
+    /// The driver's end of its socket, non-blocking; `None` once it hung up.
     stream: Option<UnixStream>,
+    reader: FrameReader,
+    out: FrameWriter,
     ready: bool,
     stack: Vec<Frame>,
     /// Net references held by this worker's handles (rule 3).
@@ -163,8 +201,8 @@ struct Worker {
 
 pub(crate) struct Scheduler {
     cfg: Config,
-    tx: Sender<Event>,
     rx: Receiver<Event>,
+    bell: Arc<Doorbell>,
     store: Store<ShmArena>,
     objects: HashMap<Id, Object>,
     tasks: HashMap<Id, Task>,
@@ -179,9 +217,12 @@ pub(crate) struct Scheduler {
     next_request: u64,
     deadlines: BinaryHeap<std::cmp::Reverse<(Instant, u64)>>,
     fork: OwnedFd,
+    /// The fork server's socket is open (it is not polled after it closed).
+    fork_alive: bool,
     fork_child: Child,
     stats: RuntimeStats,
-    readers: Vec<std::thread::JoinHandle<()>>,
+    /// Workers with queued output, flushed once per turn of the loop.
+    unflushed: Vec<u32>,
 }
 
 const EPS: f64 = 1e-9;
@@ -191,41 +232,19 @@ impl Scheduler {
     pub(crate) fn new(
         cfg: Config,
         arena: Arc<ShmArena>,
-        tx: Sender<Event>,
         rx: Receiver<Event>,
+        bell: Arc<Doorbell>,
     ) -> crate::Result<Scheduler> {
         let program = match &cfg.worker_program {
             Some(p) => p.clone(),
             None => std::env::current_exe().map_err(|e| Error::os("find own executable", e))?,
         };
         let (fork_child, fork) = fork_server::spawn(&program, arena.fd().as_raw_fd())?;
-        let reader_fd = fork
-            .try_clone()
-            .map_err(|e| Error::os("dup fork socket", e))?;
-        let fork_tx = tx.clone();
-        let reader = std::thread::Builder::new()
-            .name("rayfork-forkserver".into())
-            .spawn(move || {
-                loop {
-                    match ipc::recv_packet::<ForkReply>(&reader_fd) {
-                        Ok(Some((msg, fds))) => {
-                            if fork_tx.send(Event::Fork(msg, fds)).is_err() {
-                                return;
-                            }
-                        }
-                        _ => {
-                            let _ = fork_tx.send(Event::ForkServerGone);
-                            return;
-                        }
-                    }
-                }
-            })
-            .map_err(|e| Error::os("spawn thread", e))?;
         let mut s = Scheduler {
             store: Store::new(arena),
             cfg,
-            tx,
             rx,
+            bell,
             objects: HashMap::new(),
             tasks: HashMap::new(),
             queue: VecDeque::new(),
@@ -239,9 +258,10 @@ impl Scheduler {
             next_request: 1,
             deadlines: BinaryHeap::new(),
             fork,
+            fork_alive: true,
             fork_child,
             stats: RuntimeStats::default(),
-            readers: vec![reader],
+            unflushed: Vec::new(),
         };
         for _ in 0..s.cfg.initial_workers() {
             s.spawn_worker();
@@ -249,43 +269,180 @@ impl Scheduler {
         Ok(s)
     }
 
-    /// The scheduler thread's loop.
+    /// The scheduler thread's loop: take driver events and socket input, dispatch, send; spin
+    /// a little when there is nothing to do (`ipc::spin_budget`), then sleep in `poll`.
     pub(crate) fn run(mut self) {
-        loop {
-            let ev = match self.next_deadline() {
-                Some(d) => match self
-                    .rx
-                    .recv_timeout(d.saturating_duration_since(Instant::now()))
-                {
-                    Ok(ev) => Some(ev),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => break,
-                },
-                None => match self.rx.recv() {
-                    Ok(ev) => Some(ev),
-                    Err(_) => break,
-                },
-            };
-            if let Some(ev) = ev {
-                if !self.handle(ev) {
-                    break;
-                }
-                // Take whatever else is waiting before dispatching: one dispatch per batch.
-                let mut stop = false;
-                while let Ok(ev) = self.rx.try_recv() {
-                    if !self.handle(ev) {
-                        stop = true;
-                        break;
+        let mut last_work = Instant::now();
+        'run: loop {
+            let mut worked = false;
+            loop {
+                match self.rx.try_recv() {
+                    Ok(ev) => {
+                        worked = true;
+                        if !self.handle(ev) {
+                            break 'run;
+                        }
                     }
-                }
-                if stop {
-                    break;
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => break 'run,
                 }
             }
+            worked |= self.poll_sockets(PollTimeout::ZERO, false);
             self.expire_deadlines();
             self.dispatch();
+            self.flush();
+            if worked {
+                last_work = Instant::now();
+                continue;
+            }
+            if last_work.elapsed() < ipc::spin_budget() {
+                std::thread::yield_now();
+                continue;
+            }
+            // Sleep until a socket, the doorbell or the next deadline (see `Doorbell`).
+            self.bell.sleeping.store(true, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            match self.rx.try_recv() {
+                Ok(ev) => {
+                    self.bell.sleeping.store(false, Ordering::SeqCst);
+                    if !self.handle(ev) {
+                        break 'run;
+                    }
+                    last_work = Instant::now();
+                    continue;
+                }
+                Err(TryRecvError::Empty) => {}
+                Err(TryRecvError::Disconnected) => break 'run,
+            }
+            let timeout = match self.next_deadline() {
+                Some(d) => {
+                    let ms = d
+                        .saturating_duration_since(Instant::now())
+                        .as_millis()
+                        .saturating_add(1);
+                    PollTimeout::try_from(ms.min(i32::MAX as u128) as i32)
+                        .unwrap_or(PollTimeout::MAX)
+                }
+                None => PollTimeout::NONE,
+            };
+            self.poll_sockets(timeout, true);
+            self.bell.sleeping.store(false, Ordering::SeqCst);
+            self.bell.drain();
+            last_work = Instant::now();
         }
         self.shutdown();
+    }
+
+    /// Polls the fork server's socket and every worker's, handles what arrived, and sends what
+    /// was waiting for room. With `bell`, the doorbell is polled too. True if anything happened.
+    fn poll_sockets(&mut self, timeout: PollTimeout, bell: bool) -> bool {
+        let mut slots = Vec::with_capacity(self.workers.len());
+        let ready: Vec<PollFlags> = {
+            let mut fds = Vec::with_capacity(self.workers.len() + 2);
+            let fork_events = if self.fork_alive {
+                PollFlags::POLLIN
+            } else {
+                PollFlags::empty()
+            };
+            fds.push(PollFd::new(self.fork.as_fd(), fork_events));
+            if bell {
+                fds.push(PollFd::new(self.bell.fd.as_fd(), PollFlags::POLLIN));
+            }
+            for (&slot, w) in &self.workers {
+                if let Some(stream) = &w.stream {
+                    let mut flags = PollFlags::POLLIN;
+                    if !w.out.is_empty() {
+                        flags |= PollFlags::POLLOUT;
+                    }
+                    fds.push(PollFd::new(stream.as_fd(), flags));
+                    slots.push(slot);
+                }
+            }
+            match poll(&mut fds, timeout) {
+                Ok(n) if n > 0 => fds
+                    .iter()
+                    .map(|f| f.revents().unwrap_or(PollFlags::empty()))
+                    .collect(),
+                _ => return false,
+            }
+        };
+        let fork_ready = ready[0];
+        let workers = &ready[if bell { 2 } else { 1 }..];
+        let mut worked = false;
+        for (&slot, &flags) in slots.iter().zip(workers) {
+            if flags.is_empty() {
+                continue;
+            }
+            worked = true;
+            if flags.contains(PollFlags::POLLOUT) {
+                self.unflushed.push(slot);
+            }
+            if flags.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+                self.read_worker(slot);
+            }
+        }
+        if !fork_ready.is_empty() {
+            worked = true;
+            self.read_fork_server();
+        }
+        worked
+    }
+
+    /// Reads what worker `slot` sent and handles each whole message.
+    fn read_worker(&mut self, slot: u32) {
+        let Some(w) = self.workers.get_mut(&slot) else {
+            return;
+        };
+        let Some(stream) = &w.stream else { return };
+        let closed = match w.reader.fill(stream, MsgFlags::MSG_DONTWAIT) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+            Err(_) => true,
+        };
+        loop {
+            let Some(w) = self.workers.get_mut(&slot) else {
+                return;
+            };
+            if w.stream.is_none() {
+                return;
+            }
+            match w.reader.next::<FromWorker>() {
+                Ok(Some(msg)) => self.on_message(Client::Worker(slot), msg),
+                Ok(None) => break,
+                Err(e) => return self.kill_worker(slot, &format!("unreadable message: {e}")),
+            }
+        }
+        if closed {
+            self.on_hangup(slot);
+        }
+    }
+
+    fn read_fork_server(&mut self) {
+        match ipc::recv_packet::<ForkReply>(&self.fork) {
+            Ok(Some((msg, fds))) => self.on_fork(msg, fds),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            _ => self.on_fork_server_gone(),
+        }
+    }
+
+    /// Sends what every worker has queued, as far as its socket takes it without blocking.
+    fn flush(&mut self) {
+        let mut slots = std::mem::take(&mut self.unflushed);
+        slots.sort_unstable();
+        slots.dedup();
+        for &slot in &slots {
+            let Some(w) = self.workers.get_mut(&slot) else {
+                continue;
+            };
+            let Some(stream) = &w.stream else { continue };
+            // A full socket keeps the rest for POLLOUT (see `poll_sockets`).
+            if w.out.flush(stream, MsgFlags::MSG_DONTWAIT).is_err() {
+                self.on_hangup(slot);
+            }
+        }
+        slots.clear();
+        self.unflushed = slots;
     }
 
     fn shutdown(&mut self) {
@@ -298,9 +455,6 @@ impl Scheduler {
             }
         }
         let _ = self.fork_child.wait();
-        for r in self.readers.drain(..) {
-            let _ = r.join();
-        }
         // Fail whatever still waits, so no driver thread blocks forever.
         let ids: Vec<u64> = self.requests.keys().copied().collect();
         for rid in ids {
@@ -319,14 +473,6 @@ impl Scheduler {
     fn handle(&mut self, ev: Event) -> bool {
         match ev {
             Event::Driver { msg, reply } => self.on_message(Client::Driver(reply), msg),
-            Event::Worker { slot, msg } => {
-                if self.workers.contains_key(&slot) {
-                    self.on_message(Client::Worker(slot), msg)
-                }
-            }
-            Event::Hangup { slot } => self.on_hangup(slot),
-            Event::Fork(msg, fds) => self.on_fork(msg, fds),
-            Event::ForkServerGone => self.on_fork_server_gone(),
             Event::Stats(tx) => {
                 let mut s = self.stats;
                 s.store = self.store.stats();
@@ -352,6 +498,8 @@ impl Scheduler {
                 Worker {
                     pid: 0,
                     stream: None,
+                    reader: FrameReader::default(),
+                    out: FrameWriter::default(),
                     ready: false,
                     stack: Vec::new(),
                     held: HashMap::new(),
@@ -373,33 +521,8 @@ impl Scheduler {
                 };
                 w.pid = pid;
                 self.pids.insert(pid, worker);
-                let reader = match stream.try_clone() {
-                    Ok(r) => r,
-                    Err(_) => return,
-                };
-                w.stream = Some(stream);
-                let tx = self.tx.clone();
-                let h = std::thread::Builder::new()
-                    .name(format!("rayfork-worker-{worker}"))
-                    .spawn(move || {
-                        let mut r = std::io::BufReader::with_capacity(64 * 1024, reader);
-                        loop {
-                            match ipc::recv::<FromWorker>(&mut r) {
-                                Ok(Some(msg)) => {
-                                    if tx.send(Event::Worker { slot: worker, msg }).is_err() {
-                                        return;
-                                    }
-                                }
-                                _ => {
-                                    let _ = tx.send(Event::Hangup { slot: worker });
-                                    return;
-                                }
-                            }
-                        }
-                    });
-                if let Ok(h) = h {
-                    self.readers.retain(|h| !h.is_finished());
-                    self.readers.push(h);
+                if stream.set_nonblocking(true).is_ok() {
+                    w.stream = Some(stream);
                 }
             }
             ForkReply::SpawnFailed { worker, message } => {
@@ -416,6 +539,7 @@ impl Scheduler {
     }
 
     fn on_fork_server_gone(&mut self) {
+        self.fork_alive = false;
         let slots: Vec<u32> = self.workers.keys().copied().collect();
         for slot in slots {
             self.on_worker_death(slot, ExitCause::Signal(libc::SIGKILL));
@@ -500,12 +624,13 @@ impl Scheduler {
         let Some(w) = self.workers.get_mut(&slot) else {
             return;
         };
-        let Some(stream) = w.stream.as_mut() else {
+        if w.stream.is_none() {
             return;
-        };
-        if ipc::send(stream, msg).and_then(|_| stream.flush()).is_err() {
-            self.on_hangup(slot);
         }
+        if w.out.push(msg).is_err() {
+            return self.kill_worker(slot, "a message to it could not be encoded");
+        }
+        self.unflushed.push(slot);
     }
 
     fn reply(&mut self, client: &ClientKey, msg: ToWorker) {

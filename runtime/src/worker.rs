@@ -5,8 +5,10 @@
 //! running a nested task while the current one is blocked. It must not fork or touch the
 //! store's table; the arena is only read, or written at offsets the driver handed out.
 
-use std::io::{BufReader, BufWriter, Write};
+use std::io;
 use std::os::unix::net::UnixStream;
+
+use nix::sys::socket::MsgFlags;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::ThreadId;
@@ -14,13 +16,16 @@ use std::thread::ThreadId;
 use rayfork_plasma::ShmArena;
 
 use crate::client::{Backend, IdGen, RefQueue};
+use crate::ipc::{FrameReader, FrameWriter};
 use crate::protocol::{FromWorker, Id, Outcome, Payload, Resolved, TaskSpec, ToWorker};
 use crate::{Error, Result, ipc, registry};
 
 /// The entry point of an external worker program (see `Config::worker_program`).
 ///
 /// A binary whose `main` calls this can be used as the worker program of a runtime whose
-/// driver registers the same `#[remote]` functions. Run by hand, it explains itself and exits.
+/// driver registers the same `#[remote]` functions: include the same modules in both (for
+/// example with `#[path]`); a function is found by its module path, without the crate name,
+/// when the full path differs. Run by hand, it explains itself and exits.
 ///
 /// ```no_run
 /// // src/main.rs of a worker program:
@@ -36,8 +41,9 @@ pub fn main() {
 }
 
 struct Conn {
-    reader: BufReader<UnixStream>,
-    writer: BufWriter<UnixStream>,
+    sock: UnixStream,
+    reader: FrameReader,
+    writer: FrameWriter,
 }
 
 /// The worker's connection to the scheduler, used by the API inside tasks.
@@ -60,15 +66,12 @@ pub(crate) fn backend() -> Option<Arc<WorkerBackend>> {
 
 /// Runs the worker loop until the driver says `Exit` or hangs up; returns the exit code.
 pub(crate) fn run(slot: u32, sock: UnixStream, arena: Arc<ShmArena>) -> i32 {
-    let reader = match sock.try_clone() {
-        Ok(r) => BufReader::with_capacity(64 * 1024, r),
-        Err(_) => return 3,
-    };
     let backend = Arc::new(WorkerBackend {
         slot,
         conn: Mutex::new(Conn {
-            reader,
-            writer: BufWriter::with_capacity(64 * 1024, sock),
+            sock,
+            reader: FrameReader::default(),
+            writer: FrameWriter::default(),
         }),
         refs: RefQueue::default(),
         ids: IdGen::new(slot + 1),
@@ -119,20 +122,41 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 }
 
 impl WorkerBackend {
-    fn send(&self, msg: FromWorker) -> std::io::Result<()> {
+    fn send(&self, msg: FromWorker) -> io::Result<()> {
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let Conn { sock, writer, .. } = &mut *conn;
         let ops = self.refs.take();
-        let w = &mut conn.writer;
         if !ops.is_empty() {
-            ipc::send(w, &FromWorker::RefOps(ops))?;
+            writer.push(&FromWorker::RefOps(ops))?;
         }
-        ipc::send(w, &msg)?;
-        w.flush()
+        writer.push(&msg)?;
+        writer.flush(sock, MsgFlags::empty()).map(|_| ())
     }
 
-    fn recv(&self) -> std::io::Result<Option<ToWorker>> {
+    /// The next message from the scheduler; `Ok(None)` when it hung up. Spins briefly before
+    /// sleeping in `recv` (see `ipc::spin`): the next task of a busy pool is usually close.
+    fn recv(&self) -> io::Result<Option<ToWorker>> {
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        ipc::recv(&mut conn.reader)
+        let Conn { sock, reader, .. } = &mut *conn;
+        loop {
+            if let Some(msg) = reader.next()? {
+                return Ok(Some(msg));
+            }
+            let polled = ipc::spin(|| match reader.fill(sock, MsgFlags::MSG_DONTWAIT) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+                other => Some(other),
+            });
+            let read = match polled {
+                Some(r) => r,
+                None => reader.fill(sock, MsgFlags::empty()),
+            };
+            match read {
+                Ok(0) => return Ok(None),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     fn check_thread(&self) -> Result<()> {
@@ -170,13 +194,7 @@ impl WorkerBackend {
         }
     }
 
-    fn run_task(
-        &self,
-        task: Id,
-        func: &str,
-        name: &str,
-        args: Vec<Payload>,
-    ) -> std::io::Result<()> {
+    fn run_task(&self, task: Id, func: &str, name: &str, args: Vec<Payload>) -> io::Result<()> {
         let outcome = self.invoke(task, func, name, &args);
         drop(args);
         self.send(FromWorker::Done { task, outcome })
