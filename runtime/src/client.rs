@@ -32,6 +32,8 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
     fn abort(&self, id: Id);
     /// A reference count change (rule 4 in protocol.rs).
     fn ref_op(&self, id: Id, delta: i32);
+    /// Ends an actor's process (one-way).
+    fn kill_actor(&self, actor: Id) -> Result<()>;
     /// The shared arena.
     fn arena(&self) -> &Arc<ShmArena>;
     /// A fresh object id (rule 3 in protocol.rs).

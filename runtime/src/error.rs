@@ -48,6 +48,15 @@ pub enum Error {
         /// The task's name.
         task: String,
     },
+    /// An actor method could not run, or was running, when its actor's process ended (killed,
+    /// crashed with no restarts left, or dropped).
+    #[error("actor {actor} died: {reason}; create a new actor (or set max_restarts)")]
+    ActorDied {
+        /// The actor's name.
+        actor: String,
+        /// Why its process ended.
+        reason: String,
+    },
     /// The object store has no room for an object even after evicting what it could.
     #[error(
         "object store full: {requested} bytes requested, capacity {capacity}, {used} in use; \

@@ -56,6 +56,7 @@
 
 #![warn(missing_docs)]
 
+mod actor;
 mod array;
 mod client;
 mod codec;
@@ -71,11 +72,12 @@ mod scheduler;
 mod task;
 pub mod worker;
 
+pub use actor::{ActorHandle, ActorOptions};
 pub use array::{Array, ArrayMut};
 pub use config::Config;
 pub use error::{Error, Result};
 pub use object_ref::{ObjectRef, ReadyPending, get, get_all, get_timeout, put, wait};
-pub use rayfork_macros::remote;
+pub use rayfork_macros::{actor, remote};
 pub use rayfork_plasma::{ObjectId, Pod};
 pub use runtime::Runtime;
 pub use scheduler::RuntimeStats;
@@ -84,6 +86,7 @@ pub use task::{IntoArg, TaskOptions};
 /// Items the `#[remote]` macro expands to. Not a public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::actor::{__store as actor_store, __with_state as actor_state};
     pub use crate::protocol::Outcome;
     pub use crate::registry::{Invocation, REMOTE_FNS, RemoteFn};
     pub use crate::task::{

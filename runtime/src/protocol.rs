@@ -93,6 +93,18 @@ pub(crate) struct TaskSpec {
     pub func: String,
     pub args: Vec<Arg>,
     pub opts: TaskOpts,
+    /// Set for the constructor and the method calls of an actor (rule 6 in scheduler.rs).
+    pub actor: Option<ActorCall>,
+}
+
+/// What an actor task is.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) enum ActorCall {
+    /// Constructs an actor whose id is this task's id, on a worker of its own; a crash of that
+    /// worker re-runs the constructor up to `max_restarts` times.
+    Create { max_restarts: u32 },
+    /// A method call on `actor`; its first argument is a ref to the actor (its id).
+    Method { actor: Id },
 }
 
 /// Where an object's bytes are.
@@ -184,4 +196,6 @@ pub(crate) enum FromWorker {
     Abort { id: Id },
     /// The task on top of the stack finished.
     Done { task: Id, outcome: Outcome },
+    /// End an actor's process now; it is not restarted and its pending calls fail.
+    KillActor { actor: Id },
 }

@@ -121,6 +121,10 @@ impl Backend for DriverBackend {
         let _ = self.one_way(FromWorker::RefOps(vec![(id, delta)]));
     }
 
+    fn kill_actor(&self, actor: Id) -> Result<()> {
+        self.one_way(FromWorker::KillActor { actor })
+    }
+
     fn arena(&self) -> &Arc<ShmArena> {
         &self.arena
     }

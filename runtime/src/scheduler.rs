@@ -25,6 +25,14 @@
 //!    retry submits them again.
 //! 5. A message a worker has no right to send (an unknown task, another worker's object, a
 //!    malformed request) kills that worker, never the driver.
+//! 6. Actors. An actor's constructor is a task whose id is the actor's id; it and every method
+//!    call run on a worker of the actor's own (outside the pool: never given pool tasks, not
+//!    counted in `max_workers`), one at a time, in submission order, holding no CPU. A method
+//!    call's first argument is a ref to the actor, so calls wait for the constructor and keep
+//!    the actor alive; when the actor's object is freed, its worker is told to exit. When the
+//!    worker dies, the call it was running fails with `ActorDied`; with restarts left a new
+//!    worker re-runs the constructor (with the arguments it first got, kept alive meanwhile)
+//!    and the queued calls run there; without, queued and later calls fail with `ActorDied`.
 
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -44,8 +52,8 @@ use rayfork_plasma::{ClientId, ObjectId, ShmArena, Store};
 use crate::config::Config;
 use crate::ipc::{FrameReader, FrameWriter};
 use crate::protocol::{
-    Arg, ExitCause, ForkReply, ForkRequest, FromWorker, Id, Outcome, Payload, Resolved, TaskSpec,
-    ToWorker,
+    ActorCall, Arg, ExitCause, ForkReply, ForkRequest, FromWorker, Id, Outcome, Payload, Resolved,
+    TaskSpec, ToWorker,
 };
 use crate::{Error, fork_server, ipc};
 
@@ -188,6 +196,8 @@ struct Frame {
 
 struct Worker {
     pid: i32,
+    /// The actor this worker belongs to (rule 6); `None` for a pool worker.
+    actor: Option<Id>,
     /// The driver's end of its socket, non-blocking; `None` once it hung up.
     stream: Option<UnixStream>,
     reader: FrameReader,
@@ -199,8 +209,29 @@ struct Worker {
     hung_up: bool,
 }
 
+/// An actor (rule 6).
+struct Actor {
+    name: String,
+    /// Its current worker.
+    slot: Option<u32>,
+    /// The constructor's function and resolved arguments, kept for restarts once it started.
+    ctor: Option<(String, Vec<Payload>)>,
+    /// Ids whose references the kept arguments hold.
+    ctor_refs: Vec<Id>,
+    /// The constructor ran on the current worker.
+    constructed: bool,
+    /// Method calls not started yet, in submission order.
+    calls: VecDeque<Id>,
+    restarts_left: u32,
+    /// Why it is gone for good; `None` while it lives or will restart.
+    dead: Option<String>,
+    /// Its object was freed: no handle or call can name it any more.
+    freed: bool,
+}
+
 pub(crate) struct Scheduler {
     cfg: Config,
+    actors: HashMap<Id, Actor>,
     rx: Receiver<Event>,
     bell: Arc<Doorbell>,
     store: Store<ShmArena>,
@@ -243,6 +274,7 @@ impl Scheduler {
         let mut s = Scheduler {
             store: Store::new(arena),
             cfg,
+            actors: HashMap::new(),
             rx,
             bell,
             objects: HashMap::new(),
@@ -489,14 +521,25 @@ impl Scheduler {
     // ---- workers and the fork server ----
 
     fn spawn_worker(&mut self) {
+        self.spawn_worker_for(None);
+    }
+
+    /// Forks a worker for the pool, or for `actor` (rule 6); its slot if the request went out.
+    fn spawn_worker_for(&mut self, actor: Option<Id>) -> Option<u32> {
         let slot = self.next_slot;
         self.next_slot += 1;
-        if ipc::send_packet(&self.fork, &ForkRequest::Spawn { worker: slot }, &[]).is_ok() {
-            self.spawning += 1;
+        if ipc::send_packet(&self.fork, &ForkRequest::Spawn { worker: slot }, &[]).is_err() {
+            return None;
+        }
+        {
+            if actor.is_none() {
+                self.spawning += 1;
+            }
             self.workers.insert(
                 slot,
                 Worker {
                     pid: 0,
+                    actor,
                     stream: None,
                     reader: FrameReader::default(),
                     out: FrameWriter::default(),
@@ -509,6 +552,12 @@ impl Scheduler {
             self.stats.workers_started += 1;
             self.stats.peak_workers = self.stats.peak_workers.max(self.workers.len());
         }
+        Some(slot)
+    }
+
+    /// Pool workers alive or starting (actor workers are not counted, rule 6).
+    fn pool_len(&self) -> usize {
+        self.workers.values().filter(|w| w.actor.is_none()).count()
     }
 
     fn on_fork(&mut self, msg: ForkReply, mut fds: Vec<OwnedFd>) {
@@ -527,8 +576,12 @@ impl Scheduler {
             }
             ForkReply::SpawnFailed { worker, message } => {
                 eprintln!("rayfork: forking worker {worker} failed: {message}");
-                self.workers.remove(&worker);
-                self.spawning = self.spawning.saturating_sub(1);
+                match self.workers.remove(&worker).and_then(|w| w.actor) {
+                    Some(a) => {
+                        self.actor_gone(a, format!("its process could not start: {message}"))
+                    }
+                    None => self.spawning = self.spawning.saturating_sub(1),
+                }
             }
             ForkReply::Exited { pid, cause } => {
                 if let Some(slot) = self.pids.remove(&pid) {
@@ -572,7 +625,7 @@ impl Scheduler {
             return;
         };
         self.stats.workers_died += 1;
-        if !w.ready {
+        if !w.ready && w.actor.is_none() {
             self.spawning = self.spawning.saturating_sub(1);
         }
         self.resume.retain(|&s| s != slot);
@@ -590,8 +643,11 @@ impl Scheduler {
         if self.cpus_used < EPS {
             self.cpus_used = 0.0;
         }
+        if let Some(actor) = w.actor {
+            self.actor_worker_died(actor, &w.stack, cause);
+        }
         // Rule 4: retry or fail every task on its stack.
-        for f in w.stack.iter().rev() {
+        for f in w.stack.iter().rev().filter(|_| w.actor.is_none()) {
             let Some(t) = self.tasks.get_mut(&f.task) else {
                 continue;
             };
@@ -614,8 +670,7 @@ impl Scheduler {
         }
         self.store.client_gone(ClientId(slot));
         // Keep the pool at its size.
-        let alive = self.workers.len();
-        if alive < self.cfg.initial_workers() {
+        if w.actor.is_none() && self.pool_len() < self.cfg.initial_workers() {
             self.spawn_worker();
         }
     }
@@ -665,7 +720,9 @@ impl Scheduler {
                 if let Some(w) = self.workers.get_mut(&slot) {
                     if !w.ready {
                         w.ready = true;
-                        self.spawning = self.spawning.saturating_sub(1);
+                        if w.actor.is_none() {
+                            self.spawning = self.spawning.saturating_sub(1);
+                        }
                     }
                     w.pid = pid;
                 }
@@ -726,6 +783,7 @@ impl Scheduler {
                 let Some(slot) = slot else { return };
                 self.on_done(slot, task, outcome);
             }
+            FromWorker::KillActor { actor } => self.kill_actor(actor, "killed by its owner"),
         }
     }
 
@@ -763,6 +821,9 @@ impl Scheduler {
             let Some(o) = self.objects.remove(&id) else {
                 continue;
             };
+            if self.actors.contains_key(&id) {
+                self.actor_freed(id);
+            }
             if o.stored {
                 let oid = ObjectId::from_u128(id);
                 let _ = if o.sealed {
@@ -779,10 +840,11 @@ impl Scheduler {
                     }
                 }
             }
-            // A task nobody waits for any more: drop it if it has not started (rule 4).
+            // A task nobody waits for any more: drop it if it has not started (rule 4). An actor
+            // call runs anyway: it is made for its effect on the actor (rule 6).
             if let ObjState::Pending = o.state {
                 if let Some(t) = self.tasks.get(&id) {
-                    if t.worker.is_none() {
+                    if t.worker.is_none() && t.spec.actor.is_none() {
                         self.queue.retain(|&q| q != id);
                         self.release_task_args(id);
                         self.tasks.remove(&id);
@@ -970,6 +1032,7 @@ impl Scheduler {
                 }
             }
         }
+        let actor = spec.actor;
         self.tasks.insert(
             id,
             Task {
@@ -981,6 +1044,9 @@ impl Scheduler {
                 parent,
             },
         );
+        if let Some(call) = actor {
+            return self.actor_submitted(slot, id, call);
+        }
         if missing == 0 {
             self.queue.push_back(id);
         }
@@ -1087,6 +1153,9 @@ impl Scheduler {
         if self.cpus_used < EPS {
             self.cpus_used = 0.0;
         }
+        if self.workers.get(&slot).and_then(|w| w.actor) == Some(task) {
+            self.actor_constructed(task, &result);
+        }
         if let Some(t) = self.tasks.get_mut(&task) {
             t.worker = None;
             let retry = result.is_err()
@@ -1136,7 +1205,7 @@ impl Scheduler {
                     }
                     if let Some(task) = self.tasks.get_mut(&t) {
                         task.missing = task.missing.saturating_sub(1);
-                        if task.missing == 0 {
+                        if task.missing == 0 && task.spec.actor.is_none() {
                             self.queue.push_back(t);
                         }
                     }
@@ -1304,6 +1373,7 @@ impl Scheduler {
     }
 
     fn dispatch(&mut self) {
+        self.dispatch_actors();
         // Rule 1: resumptions first.
         while let Some(&slot) = self.resume.front() {
             let Some(f) = self.workers.get(&slot).and_then(|w| w.stack.last()) else {
@@ -1342,7 +1412,9 @@ impl Scheduler {
             let idle = self
                 .workers
                 .iter()
-                .filter(|(_, w)| w.ready && w.stream.is_some() && w.stack.is_empty())
+                .filter(|(_, w)| {
+                    w.actor.is_none() && w.ready && w.stream.is_some() && w.stack.is_empty()
+                })
                 .map(|(&s, _)| s)
                 .min();
             let slot = match idle {
@@ -1351,7 +1423,7 @@ impl Scheduler {
                     if self.spawning > 0 {
                         return;
                     }
-                    if self.workers.len() < self.cfg.max_workers {
+                    if self.pool_len() < self.cfg.max_workers {
                         self.spawn_worker();
                         return;
                     }
@@ -1359,7 +1431,8 @@ impl Scheduler {
                         .workers
                         .iter()
                         .filter(|(_, w)| {
-                            w.ready
+                            w.actor.is_none()
+                                && w.ready
                                 && w.stream.is_some()
                                 && w.stack
                                     .last()
@@ -1402,6 +1475,9 @@ impl Scheduler {
         if let Some(e) = failed {
             return self.finish_task(id, Err(e));
         }
+        if matches!(t.spec.actor, Some(ActorCall::Create { .. })) {
+            self.keep_ctor(id, &args);
+        }
         let t = self.tasks.get_mut(&id).expect("checked above");
         t.attempts += 1;
         t.worker = Some(slot);
@@ -1422,5 +1498,261 @@ impl Scheduler {
         }
         self.cpus_used += cpus;
         self.send_to(slot, &msg);
+    }
+}
+
+// ---- actors (rule 6) ----
+impl Scheduler {
+    fn actor_submitted(&mut self, slot: Option<u32>, id: Id, call: ActorCall) {
+        match call {
+            ActorCall::Create { max_restarts } => {
+                let name = self
+                    .tasks
+                    .get(&id)
+                    .map(|t| t.name.clone())
+                    .unwrap_or_default();
+                self.actors.insert(
+                    id,
+                    Actor {
+                        name,
+                        slot: None,
+                        ctor: None,
+                        ctor_refs: Vec::new(),
+                        constructed: false,
+                        calls: VecDeque::new(),
+                        restarts_left: max_restarts,
+                        dead: None,
+                        freed: false,
+                    },
+                );
+                match self.spawn_worker_for(Some(id)) {
+                    Some(w) => {
+                        if let Some(a) = self.actors.get_mut(&id) {
+                            a.slot = Some(w);
+                        }
+                    }
+                    None => self.actor_gone(id, "its process could not be forked".into()),
+                }
+            }
+            ActorCall::Method { actor } => {
+                let names_it = self.tasks.get(&id).is_some_and(
+                    |t| matches!(t.spec.args.first(), Some(Arg::Ref(a)) if *a == actor),
+                );
+                if !names_it {
+                    self.finish_task(
+                        id,
+                        Err(Error::Protocol(
+                            "an actor call must name its actor first".into(),
+                        )),
+                    );
+                    return self.bad(slot, "malformed actor call");
+                }
+                match self.actors.get_mut(&actor) {
+                    Some(a) if a.dead.is_none() => a.calls.push_back(id),
+                    Some(a) => {
+                        let err = Error::ActorDied {
+                            actor: a.name.clone(),
+                            reason: a.dead.clone().unwrap_or_default(),
+                        };
+                        self.finish_task(id, Err(err));
+                    }
+                    None => self.finish_task(
+                        id,
+                        Err(Error::Protocol(format!("object {actor:x} is not an actor"))),
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Keeps the constructor's resolved arguments (and references to what they name) for
+    /// restarts, the first time it starts.
+    fn keep_ctor(&mut self, id: Id, args: &[Payload]) {
+        if self.actors.get(&id).is_none_or(|a| a.ctor.is_some()) {
+            return;
+        }
+        let Some(t) = self.tasks.get(&id) else { return };
+        let mut refs = Vec::new();
+        for a in &t.spec.args {
+            match a {
+                Arg::Ref(r) => refs.push(*r),
+                Arg::Value { contained, .. } => refs.extend_from_slice(contained),
+            }
+        }
+        let func = t.spec.func.clone();
+        for &r in &refs {
+            self.add_ref(r, 1);
+        }
+        if let Some(a) = self.actors.get_mut(&id) {
+            a.ctor = Some((func, args.to_vec()));
+            a.ctor_refs = refs;
+        }
+    }
+
+    fn actor_constructed(&mut self, id: Id, result: &Result<(Payload, Vec<Id>), Error>) {
+        match result {
+            Ok(_) => {
+                if let Some(a) = self.actors.get_mut(&id) {
+                    a.constructed = true;
+                }
+            }
+            Err(e) => self.actor_gone(id, format!("its constructor failed: {e}")),
+        }
+    }
+
+    /// Starts the constructor or the next call of every actor whose worker is idle.
+    fn dispatch_actors(&mut self) {
+        let ids: Vec<Id> = self
+            .actors
+            .iter()
+            .filter(|(_, a)| a.dead.is_none())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in ids {
+            let Some(slot) = self.actors.get(&id).and_then(|a| a.slot) else {
+                continue;
+            };
+            let idle = self
+                .workers
+                .get(&slot)
+                .is_some_and(|w| w.ready && w.stream.is_some() && w.stack.is_empty());
+            if !idle {
+                continue;
+            }
+            let a = &self.actors[&id];
+            if !a.constructed {
+                if self.tasks.get(&id).is_some_and(|t| t.worker.is_none()) {
+                    // The first run (or a rerun after a crash before it finished).
+                    if self.tasks[&id].missing == 0 {
+                        self.start_task(slot, id, 0.0);
+                    }
+                } else if let Some((func, args)) = a.ctor.clone() {
+                    // A restart: the constructor again, on the new worker.
+                    let name = a.name.clone();
+                    if let Some(w) = self.workers.get_mut(&slot) {
+                        w.stack.push(Frame {
+                            task: id,
+                            cpus: 0.0,
+                            blocked: None,
+                            pending: None,
+                        });
+                    }
+                    let run = ToWorker::Run {
+                        task: id,
+                        func,
+                        name,
+                        args,
+                    };
+                    self.send_to(slot, &run);
+                }
+                continue;
+            }
+            while let Some(&call) = self.actors.get(&id).and_then(|a| a.calls.front()) {
+                match self.tasks.get(&call).map(|t| t.missing) {
+                    // Finished already (an argument failed): drop it.
+                    None => {}
+                    Some(0) => {
+                        self.actors.get_mut(&id).map(|a| a.calls.pop_front());
+                        self.start_task(slot, call, 0.0);
+                        break;
+                    }
+                    // Submission order: later calls wait for this one's arguments.
+                    Some(_) => break,
+                }
+                self.actors.get_mut(&id).map(|a| a.calls.pop_front());
+            }
+        }
+    }
+
+    /// The actor's worker died: fail the call it ran, then restart or give up.
+    fn actor_worker_died(&mut self, id: Id, stack: &[Frame], cause: ExitCause) {
+        let Some(a) = self.actors.get_mut(&id) else {
+            return;
+        };
+        a.slot = None;
+        a.constructed = false;
+        let name = a.name.clone();
+        for f in stack.iter().filter(|f| f.task != id) {
+            let err = Error::ActorDied {
+                actor: name.clone(),
+                reason: cause.to_string(),
+            };
+            self.finish_task(f.task, Err(err));
+        }
+        if let Some(t) = self.tasks.get_mut(&id) {
+            t.worker = None;
+        }
+        let Some(a) = self.actors.get_mut(&id) else {
+            return;
+        };
+        if a.freed {
+            self.actors.remove(&id);
+            return;
+        }
+        if a.dead.is_none() && a.restarts_left > 0 {
+            a.restarts_left -= 1;
+            match self.spawn_worker_for(Some(id)) {
+                Some(w) => {
+                    if let Some(a) = self.actors.get_mut(&id) {
+                        a.slot = Some(w);
+                    }
+                }
+                None => self.actor_gone(id, "its process could not be forked again".into()),
+            }
+        } else {
+            let reason = a.dead.clone().unwrap_or_else(|| cause.to_string());
+            self.actor_gone(id, reason);
+        }
+    }
+
+    /// Ends an actor at once: SIGKILL its worker; no restart.
+    fn kill_actor(&mut self, id: Id, reason: &str) {
+        let slot = self.actors.get(&id).and_then(|a| a.slot);
+        self.actor_gone(id, reason.into());
+        if let Some(slot) = slot {
+            self.on_hangup(slot);
+        }
+    }
+
+    /// No handle or call names the actor any more: its worker exits.
+    fn actor_freed(&mut self, id: Id) {
+        if let Some(a) = self.actors.get_mut(&id) {
+            a.freed = true;
+        }
+        self.actor_gone(id, "no handle to it is left".into());
+    }
+
+    /// The actor is gone for good: its queued calls (and an unfinished constructor) fail, its
+    /// worker is told to exit, the constructor's kept arguments are released.
+    fn actor_gone(&mut self, id: Id, reason: String) {
+        let Some(a) = self.actors.get_mut(&id) else {
+            return;
+        };
+        let reason = a.dead.get_or_insert(reason).clone();
+        a.restarts_left = 0;
+        let calls: Vec<Id> = a.calls.drain(..).collect();
+        let refs = std::mem::take(&mut a.ctor_refs);
+        let (name, slot, freed) = (a.name.clone(), a.slot, a.freed);
+        let died = || Error::ActorDied {
+            actor: name.clone(),
+            reason: reason.clone(),
+        };
+        for c in calls {
+            self.finish_task(c, Err(died()));
+        }
+        if self.tasks.get(&id).is_some_and(|t| t.worker.is_none()) {
+            self.queue.retain(|&q| q != id);
+            self.finish_task(id, Err(died()));
+        }
+        for r in refs {
+            self.add_ref(r, -1);
+        }
+        match slot {
+            Some(slot) => self.send_to(slot, &ToWorker::Exit),
+            None if freed => {
+                self.actors.remove(&id);
+            }
+            None => {}
+        }
     }
 }

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 
 use crate::client::{self, BackendRef};
 use crate::object_ref::ObjectRef;
-use crate::protocol::{Arg, Outcome, Payload, TaskOpts, TaskSpec};
+use crate::protocol::{ActorCall, Arg, Outcome, Payload, TaskOpts, TaskSpec};
 use crate::registry::Invocation;
 use crate::{Error, Result, codec};
 
@@ -118,6 +118,16 @@ pub fn submit<R>(
     options: &TaskOptions,
     args: impl FnOnce(&SubmitCx) -> Result<Vec<ArgSpec>>,
 ) -> ObjectRef<R> {
+    submit_call(func, &options.opts, None, args)
+}
+
+/// Submits a call: a task, an actor's constructor or an actor's method.
+pub(crate) fn submit_call<R>(
+    func: &'static str,
+    opts: &TaskOpts,
+    actor: Option<ActorCall>,
+    args: impl FnOnce(&SubmitCx) -> Result<Vec<ArgSpec>>,
+) -> ObjectRef<R> {
     let b = match client::current() {
         Ok(b) => b,
         Err(e) => return ObjectRef::failed(e),
@@ -132,7 +142,8 @@ pub fn submit<R>(
         ret,
         func: func.to_string(),
         args: args.into_iter().map(|a| a.0).collect(),
-        opts: options.opts.clone(),
+        opts: opts.clone(),
+        actor,
     };
     match cx.b.submit(spec) {
         Ok(()) => ObjectRef::adopt(ret, cx.b),

@@ -315,6 +315,12 @@ impl Backend for WorkerBackend {
         self.refs.push(id, delta);
     }
 
+    fn kill_actor(&self, actor: Id) -> Result<()> {
+        self.check_thread()?;
+        self.send(FromWorker::KillActor { actor })
+            .map_err(|e| Error::os("send to scheduler", e))
+    }
+
     fn arena(&self) -> &Arc<ShmArena> {
         &self.arena
     }

@@ -207,3 +207,219 @@ fn expand(
         }
     })
 }
+
+/// Makes the methods of an `impl` block an actor (Ray's actors): `T::remote(args..)` starts a
+/// worker process of its own that runs `T::new(args..)` and returns an
+/// `rayfork::ActorHandle<T>`; each `&self`/`&mut self` method becomes a method of the handle
+/// (through the generated trait `TActor`) that submits the call and returns an `ObjectRef`
+/// of its result. Calls run one at a time, in submission order. `T::options()` gives
+/// `max_restarts` and `name`.
+///
+/// The block must have `fn new(..) -> Self` (or `-> T`). Arguments and results follow the rules
+/// of `#[remote]`. Other associated functions are left as they are.
+#[proc_macro_attribute]
+pub fn actor(attr: TokenStream, item: TokenStream) -> TokenStream {
+    if !attr.is_empty() {
+        return syn::Error::new(
+            Span::call_site(),
+            "#[actor] takes no options; use T::options()",
+        )
+        .to_compile_error()
+        .into();
+    }
+    match expand_actor(item.into()) {
+        Ok(ts) => ts.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
+}
+
+/// The typed arguments of a signature (after any receiver), or an error for borrowed ones.
+fn owned_args(sig: &syn::Signature) -> syn::Result<Vec<Type>> {
+    let mut tys = Vec::new();
+    for input in &sig.inputs {
+        if let FnArg::Typed(pt) = input {
+            if matches!(*pt.ty, Type::Reference(_) | Type::ImplTrait(_)) {
+                return Err(syn::Error::new_spanned(
+                    &pt.ty,
+                    "actor method arguments must be owned serde types",
+                ));
+            }
+            tys.push((*pt.ty).clone());
+        }
+    }
+    Ok(tys)
+}
+
+fn expand_actor(item: proc_macro2::TokenStream) -> syn::Result<proc_macro2::TokenStream> {
+    let block: syn::ItemImpl = syn::parse2(item)?;
+    if block.trait_.is_some() || !block.generics.params.is_empty() {
+        return Err(syn::Error::new_spanned(
+            &block.self_ty,
+            "#[actor] goes on an inherent, non-generic impl block",
+        ));
+    }
+    let ty = &block.self_ty;
+    let Type::Path(tp) = &**ty else {
+        return Err(syn::Error::new_spanned(ty, "expected a named type"));
+    };
+    let base = &tp.path.segments.last().expect("a path has a segment").ident;
+    let module = format_ident!("__rayfork_actor_{}", base);
+    let opts_ty = format_ident!("{}Options", base);
+    let trait_ty = format_ident!("{}Actor", base);
+    let p = quote!(::rayfork::__private);
+
+    let mut ctor = None;
+    let mut methods = Vec::new();
+    for it in &block.items {
+        let syn::ImplItem::Fn(f) = it else { continue };
+        let sig = &f.sig;
+        if sig.asyncness.is_some() || !sig.generics.params.is_empty() {
+            continue;
+        }
+        match sig.inputs.first() {
+            Some(FnArg::Receiver(r)) if r.reference.is_some() => methods.push(sig.clone()),
+            _ if sig.ident == "new" => ctor = Some(sig.clone()),
+            _ => {}
+        }
+    }
+    let Some(ctor) = ctor else {
+        return Err(syn::Error::new_spanned(
+            ty,
+            "an actor needs a constructor `fn new(..) -> Self` in this impl block",
+        ));
+    };
+
+    let ctor_tys = owned_args(&ctor)?;
+    let cn = ctor_tys.len();
+    let cargs: Vec<_> = (0..cn).map(|i| format_ident!("arg{}", i)).collect();
+    let cidx: Vec<_> = (0..cn).collect();
+
+    let mut entries = Vec::new();
+    let mut trait_fns = Vec::new();
+    let mut trait_impls = Vec::new();
+    for m in &methods {
+        let name = &m.ident;
+        let tys = owned_args(m)?;
+        let n = tys.len();
+        let args: Vec<_> = (0..n).map(|i| format_ident!("arg{}", i)).collect();
+        let idx: Vec<_> = (1..=n).collect();
+        let (out_ty, finish) = match &m.output {
+            ReturnType::Default => (quote!(()), quote!(finish)),
+            ReturnType::Type(_, t) => match result_ok_type(t) {
+                Some(ok) => (quote!(#ok), quote!(finish_result)),
+                None => (quote!(#t), quote!(finish)),
+            },
+        };
+        let konst = format_ident!("M_{}", name);
+        let invoke = format_ident!("__invoke_{}", name);
+        let entry = format_ident!("__ENTRY_{}", name);
+        let name_str = syn::LitStr::new(&name.to_string(), Span::call_site());
+        entries.push(quote! {
+            pub const #konst: &str = concat!(module_path!(), "::", #name_str);
+            fn #invoke(inv: #p::Invocation<'_>) -> #p::Outcome {
+                if let Err(e) = #p::check_arity(&inv, #n + 1) {
+                    return #p::arg_error(e);
+                }
+                #(
+                    let #args: #tys = match #p::decode_arg(&inv, #idx) {
+                        Ok(v) => v,
+                        Err(e) => return #p::arg_error(e),
+                    };
+                )*
+                match #p::actor_state::<#ty, _>(&inv, |s| s.#name(#(#args),*)) {
+                    Ok(out) => #p::#finish(&inv, out),
+                    Err(e) => #p::arg_error(e),
+                }
+            }
+            #[#p::linkme::distributed_slice(#p::REMOTE_FNS)]
+            #[linkme(crate = #p::linkme)]
+            static #entry: #p::RemoteFn = #p::RemoteFn { name: #konst, call: #invoke };
+        });
+        let doc = format!("Submits a call of [`{base}::{name}`] to the actor.");
+        trait_fns.push(quote! {
+            #[doc = #doc]
+            fn #name(&self, #(#args: impl ::rayfork::IntoArg<#tys>),*) -> ::rayfork::ObjectRef<#out_ty>;
+        });
+        trait_impls.push(quote! {
+            fn #name(&self, #(#args: impl ::rayfork::IntoArg<#tys>),*) -> ::rayfork::ObjectRef<#out_ty> {
+                self.__call(#module::#konst, move |_cx| {
+                    Ok(vec![#(::rayfork::IntoArg::<#tys>::into_arg(#args, _cx)?),*])
+                })
+            }
+        });
+    }
+    let opts_doc =
+        format!("Options of a [`{base}`] actor: `{base}::options().max_restarts(1).remote(..)`.");
+    let trait_doc =
+        format!("The methods of a [`{base}`] actor on its handle; import it where you call them.");
+    Ok(quote! {
+        #block
+
+        #[doc(hidden)]
+        #[allow(non_snake_case, non_upper_case_globals, clippy::unused_unit)]
+        mod #module {
+            #[allow(unused_imports)]
+            use super::*;
+
+            pub const NEW: &str = concat!(module_path!(), "::new");
+            fn __invoke_new(inv: #p::Invocation<'_>) -> #p::Outcome {
+                if let Err(e) = #p::check_arity(&inv, #cn) {
+                    return #p::arg_error(e);
+                }
+                #(
+                    let #cargs: #ctor_tys = match #p::decode_arg(&inv, #cidx) {
+                        Ok(v) => v,
+                        Err(e) => return #p::arg_error(e),
+                    };
+                )*
+                #p::actor_store(&inv, <#ty>::new(#(#cargs),*))
+            }
+            #[#p::linkme::distributed_slice(#p::REMOTE_FNS)]
+            #[linkme(crate = #p::linkme)]
+            static __ENTRY_NEW: #p::RemoteFn = #p::RemoteFn { name: NEW, call: __invoke_new };
+
+            #(#entries)*
+        }
+
+        #[doc = #opts_doc]
+        #[derive(Debug, Clone, Default)]
+        pub struct #opts_ty(::rayfork::ActorOptions);
+
+        #[allow(clippy::too_many_arguments)]
+        impl #opts_ty {
+            /// See [`rayfork::ActorOptions::max_restarts`].
+            pub fn max_restarts(self, n: u32) -> Self { #opts_ty(self.0.max_restarts(n)) }
+            /// See [`rayfork::ActorOptions::name`].
+            pub fn name(self, name: impl Into<String>) -> Self { #opts_ty(self.0.name(name)) }
+            /// Starts the actor with these options.
+            pub fn remote(self, #(#cargs: impl ::rayfork::IntoArg<#ctor_tys>),*) -> ::rayfork::ActorHandle<#ty> {
+                self.0.__create(#module::NEW, move |_cx| {
+                    Ok(vec![#(::rayfork::IntoArg::<#ctor_tys>::into_arg(#cargs, _cx)?),*])
+                })
+            }
+        }
+
+        #[allow(clippy::too_many_arguments)]
+        impl #ty {
+            /// Starts the actor in a worker process of its own (runs `new` there).
+            pub fn remote(#(#cargs: impl ::rayfork::IntoArg<#ctor_tys>),*) -> ::rayfork::ActorHandle<#ty> {
+                #opts_ty::default().remote(#(#cargs),*)
+            }
+            /// Options for starting the actor.
+            pub fn options() -> #opts_ty {
+                #opts_ty::default()
+            }
+        }
+
+        #[doc = #trait_doc]
+        #[allow(clippy::too_many_arguments)]
+        pub trait #trait_ty {
+            #(#trait_fns)*
+        }
+
+        #[allow(clippy::too_many_arguments)]
+        impl #trait_ty for ::rayfork::ActorHandle<#ty> {
+            #(#trait_impls)*
+        }
+    })
+}
