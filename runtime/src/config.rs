@@ -2,6 +2,7 @@
 //!
 //! Owns the knobs and their defaults; it starts nothing itself.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// Values up to this many encoded bytes travel inline in messages (as Ray does).
@@ -19,6 +20,8 @@ pub(crate) const DEFAULT_INLINE_MAX: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub(crate) num_cpus: usize,
+    pub(crate) num_gpus: f64,
+    pub(crate) resources: BTreeMap<String, f64>,
     pub(crate) max_workers: usize,
     pub(crate) store_capacity: u64,
     pub(crate) worker_program: Option<PathBuf>,
@@ -29,6 +32,8 @@ impl Default for Config {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         Config {
             num_cpus: cpus,
+            num_gpus: 0.0,
+            resources: BTreeMap::new(),
             max_workers: 4 * cpus,
             store_capacity: default_capacity(),
             worker_program: None,
@@ -58,6 +63,33 @@ impl Config {
         if self.max_workers < self.num_cpus {
             self.max_workers = self.num_cpus;
         }
+        self
+    }
+
+    /// GPUs the scheduler hands out (default 0: a task asking for a GPU fails with
+    /// [`Error::Unschedulable`](crate::Error::Unschedulable)). rayfork only counts them, as
+    /// Ray's scheduler does; it does not bind devices to processes.
+    pub fn num_gpus(mut self, n: f64) -> Self {
+        self.num_gpus = if n.is_finite() { n.max(0.0) } else { 0.0 };
+        self
+    }
+
+    /// Declares `amount` of a custom resource `name` (a license, a database connection, a
+    /// memory budget...): tasks asking for it with `resources = [("db", 1.0)]` or
+    /// `options().resource("db", 1.0)` run only while that much is free. Calling it again
+    /// with the same name replaces the amount.
+    ///
+    /// ```no_run
+    /// let rt = rayfork::Runtime::builder().resource("db", 2.0).start()?;
+    /// # Ok::<(), rayfork::Error>(())
+    /// ```
+    pub fn resource(mut self, name: impl Into<String>, amount: f64) -> Self {
+        let amount = if amount.is_finite() {
+            amount.max(0.0)
+        } else {
+            0.0
+        };
+        self.resources.insert(name.into(), amount);
         self
     }
 

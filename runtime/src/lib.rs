@@ -43,6 +43,45 @@
 //! scheduler, which runs queued tasks on idle workers, forks more workers (up to
 //! [`Config::max_workers`]) or runs them nested on the blocked worker: no deadlock.
 //!
+//! # Multiple returns
+//! `#[remote(num_returns = 3)]` on a function returning a 3-tuple (or a `Result` of one) makes
+//! `f::remote(..)` return three refs, one per element; each resolves on its own and can be passed
+//! to other tasks alone. Without `num_returns` a tuple is one object. If the task fails, every
+//! ref returns the error.
+//!
+//! ```no_run
+//! #[rayfork::remote(num_returns = 2)]
+//! fn header_and_body(n: usize) -> (String, Vec<u64>) {
+//!     (format!("{n} numbers"), (0..n as u64).collect())
+//! }
+//!
+//! fn main() -> rayfork::Result<()> {
+//!     let rt = rayfork::Runtime::builder().start()?;
+//!     let (header, body) = header_and_body::remote(1_000);
+//!     assert_eq!(rt.get(&header)?, "1000 numbers"); // the body stays in the store
+//!     drop(body);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # Resources
+//! A task holds `num_cpus` (default 1, fractions allowed), `num_gpus` (default 0) and custom
+//! resources (`resources = [("db", 1.0)]`) while it runs; the runtime's totals come from
+//! [`Config::num_cpus`], [`Config::num_gpus`] and [`Config::resource`]. A task starts only when
+//! all it asks for is free; a task blocked in `get` gives its CPUs back but keeps its GPUs and
+//! custom resources (as in Ray). A request larger than a total fails at once with
+//! [`Error::Unschedulable`] naming the resource. Every attribute option can be overridden per
+//! call: `f::options().num_cpus(0.5).resource("db", 1.0).max_calls(1).remote(..)`.
+//!
+//! `max_calls = n` retires a worker process after it ran `n` such tasks; `max_calls = 1` runs
+//! every call in a fresh process (for leaky or untrusted code).
+//!
+//! # Map over chunks
+//! [`map`] submits one task per chunk of items (Flyte's map task with chunking: tasks big enough
+//! to be worth their overhead); [`map_batched`] runs one task per item with a bounded number in
+//! flight, fetching results in batches as they finish (so the store never fills with unfetched
+//! results). Both take the generated `f::remote` and keep the items' order.
+//!
 //! # Retries
 //! When a worker process dies (a signal, `abort`, `exit`, the OOM killer), its task is retried
 //! on another worker up to `max_retries` times (default 3); then `get` returns
@@ -64,6 +103,7 @@ mod config;
 mod error;
 mod fork_server;
 mod ipc;
+mod map;
 mod object_ref;
 mod protocol;
 mod registry;
@@ -76,6 +116,7 @@ pub use actor::{ActorHandle, ActorOptions};
 pub use array::{Array, ArrayMut};
 pub use config::Config;
 pub use error::{Error, Result};
+pub use map::{map, map_batched};
 pub use object_ref::{ObjectRef, ReadyPending, get, get_all, get_timeout, put, wait};
 pub use rayfork_macros::{actor, remote};
 pub use rayfork_plasma::{ObjectId, Pod};
@@ -90,7 +131,8 @@ pub mod __private {
     pub use crate::protocol::Outcome;
     pub use crate::registry::{Invocation, REMOTE_FNS, RemoteFn};
     pub use crate::task::{
-        ArgSpec, SubmitCx, arg_error, check_arity, decode_arg, finish, finish_result, submit,
+        ArgSpec, Returns, SubmitCx, arg_error, check_arity, decode_arg, encode_part, finish,
+        finish_many, finish_result, submit, submit_many,
     };
     pub use linkme;
 }

@@ -15,6 +15,11 @@
 //! 4. Reference counting: every live handle (an `ObjectRef` or `Array`) and every id mentioned in
 //!    a message body (`contained`) owns one reference. `RefOps` ride in front of the message
 //!    that follows them and are applied, in order, before it.
+//! 5. A task with `num_returns = N` has N return objects: `TaskSpec::ret` (also the task's id)
+//!    and the N - 1 ids of `TaskSpec::extra`, all made by the submitter (rule 3), each owning
+//!    one reference held by the submitter's handle. Its `Done` carries `Outcome::Many` with
+//!    exactly N values, in order; value i is inline or was written to the store under return
+//!    id i. An `Err` outcome (or a crash) fails all N objects.
 
 use serde::{Deserialize, Serialize};
 
@@ -73,6 +78,12 @@ pub(crate) struct TaskOpts {
     pub num_cpus: f64,
     pub max_retries: u32,
     pub retry_exceptions: bool,
+    /// GPUs held from start to finish (also while blocked in `get`).
+    pub num_gpus: f64,
+    /// Custom resources held from start to finish, by name (also while blocked in `get`).
+    pub resources: Vec<(String, f64)>,
+    /// Retire the worker after it has run this many tasks with `max_calls` set (0: never).
+    pub max_calls: u32,
 }
 
 /// A task argument as submitted.
@@ -93,7 +104,9 @@ pub(crate) struct TaskSpec {
     pub func: String,
     pub args: Vec<Arg>,
     pub opts: TaskOpts,
-    /// Set for the constructor and the method calls of an actor (rule 6 in scheduler.rs).
+    /// The ids of return values 2..=N of a `num_returns = N` task (rule 5); empty otherwise.
+    pub extra: Vec<Id>,
+    /// Set for the constructor and the method calls of an actor (rule 8 in scheduler.rs).
     pub actor: Option<ActorCall>,
 }
 
@@ -140,6 +153,17 @@ pub enum Outcome {
     },
     /// `Err` returned or panic caught.
     Err(Error),
+    /// The values of a `num_returns = N` task, one per return id, in order (rule 5).
+    Many(Vec<ReturnValue>),
+}
+
+/// One value of a task with several returns.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ReturnValue {
+    /// The encoded value: inline, or written to the store under its own return id.
+    pub payload: Payload,
+    /// Ids the value mentions (rule 4).
+    pub contained: Vec<Id>,
 }
 
 /// Driver -> worker.
@@ -151,6 +175,8 @@ pub(crate) enum ToWorker {
         func: String,
         name: String,
         args: Vec<Payload>,
+        /// The task's extra return ids (rule 5), where large values are stored.
+        extra: Vec<Id>,
     },
     /// The answer to `Get`: one entry per id, in order.
     GetReply(Result<Vec<Resolved>, Error>),

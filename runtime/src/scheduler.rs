@@ -12,7 +12,13 @@
 //!
 //! Rules (cited as "rule N in scheduler.rs"):
 //! 1. At most `num_cpus` CPUs are held by running frames. A frame blocked in `get`/`wait` gives
-//!    its CPUs back; it takes them back before it resumes, ahead of any queued task.
+//!    its CPUs back; it takes them back before it resumes, ahead of any queued task. GPUs and
+//!    custom resources are held by a frame from its start until it leaves the stack, blocked
+//!    or not (as in Ray: a blocked task keeps its device and its license). A task starts only
+//!    when all its resources are free; queued tasks wait in order for CPUs, but one waiting
+//!    only for a GPU or custom resource is passed by the tasks behind it (so a holder blocked
+//!    on a child never starves that child). A task that asks for more than a total fails at
+//!    submission with `Error::Unschedulable`.
 //! 2. A queued task goes to an idle worker; if none, a new worker is forked while fewer than
 //!    `max_workers` exist; if that is not allowed, a blocked worker runs it nested on its stack
 //!    (rule 2 in protocol.rs). So a nested workload never deadlocks for lack of processes.
@@ -24,8 +30,14 @@
 //!    lose their refs with it: queued ones are dropped, running ones finish unobserved, and the
 //!    retry submits them again.
 //! 5. A message a worker has no right to send (an unknown task, another worker's object, a
-//!    malformed request) kills that worker, never the driver.
-//! 6. Actors. An actor's constructor is a task whose id is the actor's id; it and every method
+//!    malformed request, a `Done` with the wrong number of return values) kills that worker,
+//!    never the driver.
+//! 6. A task's return objects (rule 5 in protocol.rs) resolve together: all from one `Done`, or
+//!    all to the same error. The task is dropped unstarted only once every one of them is freed.
+//! 7. `max_calls`: a worker that has run `max_calls` tasks of one function (with that option
+//!    set) takes no more work and is sent `Exit` once its stack is empty; its exit is a
+//!    retirement, not a crash, and the pool is refilled as after a death.
+//! 8. Actors. An actor's constructor is a task whose id is the actor's id; it and every method
 //!    call run on a worker of the actor's own (outside the pool: never given pool tasks, not
 //!    counted in `max_workers`), one at a time, in submission order, holding no CPU. A method
 //!    call's first argument is a ref to the actor, so calls wait for the constructor and keep
@@ -33,6 +45,7 @@
 //!    worker dies, the call it was running fails with `ActorDied`; with restarts left a new
 //!    worker re-runs the constructor (with the arguments it first got, kept alive meanwhile)
 //!    and the queued calls run there; without, queued and later calls fail with `ActorDied`.
+//!    Actor calls run even when nobody holds their result (made for their effect).
 
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -53,12 +66,14 @@ use crate::config::Config;
 use crate::ipc::{FrameReader, FrameWriter};
 use crate::protocol::{
     ActorCall, Arg, ExitCause, ForkReply, ForkRequest, FromWorker, Id, Outcome, Payload, Resolved,
-    TaskSpec, ToWorker,
+    TaskOpts, TaskSpec, ToWorker,
 };
 use crate::{Error, fork_server, ipc};
 
 /// What driver threads ask of the scheduler thread (workers and the fork server speak on
 /// their sockets, which the scheduler polls itself).
+// Nearly every event is `Driver`; boxing it would cost an allocation per event for nothing.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Event {
     /// A request from the driver; `reply` receives the answer to requests that have one.
     Driver {
@@ -126,6 +141,8 @@ pub struct RuntimeStats {
     pub nested_inline: u64,
     /// The largest number of worker processes alive at once.
     pub peak_workers: usize,
+    /// Workers retired after reaching a task's `max_calls` (rule 7).
+    pub workers_retired: u64,
 }
 
 enum Client {
@@ -188,6 +205,8 @@ enum ClientKey {
 struct Frame {
     task: Id,
     cpus: f64,
+    /// GPUs and custom resources, held until the frame leaves the stack (rule 1).
+    other: Held,
     /// Blocked in this request.
     blocked: Option<u64>,
     /// The answer to its request, held until the frame is on top and has CPUs (rule 1).
@@ -196,7 +215,7 @@ struct Frame {
 
 struct Worker {
     pid: i32,
-    /// The actor this worker belongs to (rule 6); `None` for a pool worker.
+    /// The actor this worker belongs to (rule 8); `None` for a pool worker.
     actor: Option<Id>,
     /// The driver's end of its socket, non-blocking; `None` once it hung up.
     stream: Option<UnixStream>,
@@ -207,9 +226,22 @@ struct Worker {
     /// Net references held by this worker's handles (rule 3).
     held: HashMap<Id, i64>,
     hung_up: bool,
+    /// Tasks run per function, counted for functions called with `max_calls` (rule 7).
+    calls: HashMap<String, u32>,
+    /// Reached a `max_calls`: takes no more work (rule 7).
+    retiring: bool,
+    /// Sent `Exit`: its end is a retirement (rule 7).
+    retired: bool,
 }
 
-/// An actor (rule 6).
+/// GPUs and custom resources of a task (rule 1).
+#[derive(Debug, Clone, Default)]
+struct Held {
+    gpus: f64,
+    custom: Vec<(String, f64)>,
+}
+
+/// An actor (rule 8).
 struct Actor {
     name: String,
     /// Its current worker.
@@ -244,6 +276,12 @@ pub(crate) struct Scheduler {
     next_slot: u32,
     spawning: usize,
     cpus_used: f64,
+    /// GPUs held by frames (rule 1).
+    gpus_used: f64,
+    /// Custom resources held by frames, by name (rule 1).
+    custom_used: HashMap<String, f64>,
+    /// The task of each extra return id (rule 6).
+    extra_of: HashMap<Id, Id>,
     requests: HashMap<u64, Request>,
     next_request: u64,
     deadlines: BinaryHeap<std::cmp::Reverse<(Instant, u64)>>,
@@ -286,6 +324,9 @@ impl Scheduler {
             next_slot: 1,
             spawning: 0,
             cpus_used: 0.0,
+            gpus_used: 0.0,
+            custom_used: HashMap::new(),
+            extra_of: HashMap::new(),
             requests: HashMap::new(),
             next_request: 1,
             deadlines: BinaryHeap::new(),
@@ -524,7 +565,7 @@ impl Scheduler {
         self.spawn_worker_for(None);
     }
 
-    /// Forks a worker for the pool, or for `actor` (rule 6); its slot if the request went out.
+    /// Forks a worker for the pool, or for `actor` (rule 8); its slot if the request went out.
     fn spawn_worker_for(&mut self, actor: Option<Id>) -> Option<u32> {
         let slot = self.next_slot;
         self.next_slot += 1;
@@ -547,6 +588,9 @@ impl Scheduler {
                     stack: Vec::new(),
                     held: HashMap::new(),
                     hung_up: false,
+                    calls: HashMap::new(),
+                    retiring: false,
+                    retired: false,
                 },
             );
             self.stats.workers_started += 1;
@@ -555,7 +599,7 @@ impl Scheduler {
         Some(slot)
     }
 
-    /// Pool workers alive or starting (actor workers are not counted, rule 6).
+    /// Pool workers alive or starting (actor workers are not counted, rule 8).
     fn pool_len(&self) -> usize {
         self.workers.values().filter(|w| w.actor.is_none()).count()
     }
@@ -624,7 +668,11 @@ impl Scheduler {
         let Some(w) = self.workers.remove(&slot) else {
             return;
         };
-        self.stats.workers_died += 1;
+        if w.retired {
+            self.stats.workers_retired += 1;
+        } else {
+            self.stats.workers_died += 1;
+        }
         if !w.ready && w.actor.is_none() {
             self.spawning = self.spawning.saturating_sub(1);
         }
@@ -643,6 +691,10 @@ impl Scheduler {
         if self.cpus_used < EPS {
             self.cpus_used = 0.0;
         }
+        // Every frame holds its GPUs and custom resources (rule 1).
+        for f in &w.stack {
+            self.release_other(&f.other);
+        }
         if let Some(actor) = w.actor {
             self.actor_worker_died(actor, &w.stack, cause);
         }
@@ -653,6 +705,7 @@ impl Scheduler {
             };
             t.worker = None;
             if t.attempts <= t.spec.opts.max_retries {
+                self.reset_returns(f.task);
                 self.queue.push_front(f.task);
             } else {
                 let err = Error::WorkerCrashed {
@@ -818,6 +871,11 @@ impl Scheduler {
     fn free(&mut self, id: Id) {
         let mut stack = vec![id];
         while let Some(id) = stack.pop() {
+            if self.is_running_return(id) {
+                // Kept (with no refs) until its task ends: the worker may still write it; it is
+                // freed when it resolves (rule 6).
+                continue;
+            }
             let Some(o) = self.objects.remove(&id) else {
                 continue;
             };
@@ -840,15 +898,18 @@ impl Scheduler {
                     }
                 }
             }
-            // A task nobody waits for any more: drop it if it has not started (rule 4). An actor
-            // call runs anyway: it is made for its effect on the actor (rule 6).
+            // A task nobody waits for any more: drop it if it has not started (rules 4, 6). An
+            // actor call runs anyway: it is made for its effect on the actor (rule 8).
             if let ObjState::Pending = o.state {
-                if let Some(t) = self.tasks.get(&id) {
-                    if t.worker.is_none() && t.spec.actor.is_none() {
-                        self.queue.retain(|&q| q != id);
-                        self.release_task_args(id);
-                        self.tasks.remove(&id);
-                    }
+                let task = self.task_of_return(id);
+                let unstarted = self
+                    .tasks
+                    .get(&task)
+                    .is_some_and(|t| t.worker.is_none() && t.spec.actor.is_none());
+                if unstarted && !self.any_return_alive(task) {
+                    self.queue.retain(|&q| q != task);
+                    self.release_task_args(task);
+                    self.forget_task(task);
                 }
             }
         }
@@ -861,7 +922,7 @@ impl Scheduler {
         if let Some(o) = self.objects.get(&id) {
             let runs_it = self
                 .tasks
-                .get(&id)
+                .get(&self.task_of_return(id))
                 .is_some_and(|t| t.worker.is_some() && t.worker == slot);
             if !(runs_it && matches!(o.state, ObjState::Pending) && !o.stored) {
                 return Err(Error::Protocol(format!(
@@ -874,7 +935,28 @@ impl Scheduler {
             o.creator = slot;
             return Ok((d.offset, d.len));
         }
+        // A result of a task this worker runs whose refs were all dropped before it started:
+        // written with no ref, and freed when it resolves (rule 6).
+        let orphan = self
+            .tasks
+            .get(&self.task_of_return(id))
+            .is_some_and(|t| t.worker.is_some() && t.worker == slot);
         let d = self.store.create(oid, size, client)?;
+        if orphan {
+            self.objects.insert(
+                id,
+                Object {
+                    refs: 0,
+                    state: ObjState::Pending,
+                    contained: Vec::new(),
+                    stored: true,
+                    sealed: false,
+                    creator: slot,
+                    waiters: Vec::new(),
+                },
+            );
+            return Ok((d.offset, d.len));
+        }
         self.objects.insert(
             id,
             Object {
@@ -906,7 +988,7 @@ impl Scheduler {
             self.own(slot, c, -1);
         }
         let d = self.store.descriptor(ObjectId::from_u128(id));
-        let is_task_result = self.tasks.contains_key(&id);
+        let is_task_result = self.tasks.contains_key(&self.task_of_return(id));
         let o = self.objects.get_mut(&id).expect("checked above");
         o.sealed = true;
         o.creator = None;
@@ -931,7 +1013,7 @@ impl Scheduler {
             return self.bad(slot, "abort of an object it did not create");
         }
         let _ = self.store.abort(ObjectId::from_u128(id));
-        if self.tasks.contains_key(&id) {
+        if self.tasks.contains_key(&self.task_of_return(id)) {
             if let Some(o) = self.objects.get_mut(&id) {
                 o.stored = false;
                 o.creator = None;
@@ -952,6 +1034,9 @@ impl Scheduler {
         let id = spec.ret;
         if self.objects.contains_key(&id) || self.tasks.contains_key(&id) {
             return self.bad(slot, "submit of an id that exists");
+        }
+        if !self.extra_ids_fresh(&spec) {
+            return self.bad(slot, "submit with a return id that exists or repeats");
         }
         let name = spec.opts.name.clone().unwrap_or_else(|| spec.func.clone());
         // The references the spec mentions move from the submitter to the task (rule 4).
@@ -978,18 +1063,12 @@ impl Scheduler {
             },
         );
         self.own(slot, id, 1);
+        self.add_extra_returns(slot, &spec);
         let parent = slot
             .and_then(|s| self.workers.get(&s))
             .and_then(|w| w.stack.last())
             .map(|f| f.task);
-        let total = self.cfg.num_cpus as f64;
-        if spec.opts.num_cpus > total + EPS || spec.opts.num_cpus < 0.0 {
-            let err = Error::Unschedulable {
-                task: name.clone(),
-                resource: "CPU".into(),
-                requested: spec.opts.num_cpus.to_string(),
-                total: total.to_string(),
-            };
+        if let Some(err) = self.never_fits(&name, &spec.opts) {
             self.tasks.insert(
                 id,
                 Task {
@@ -1067,12 +1146,24 @@ impl Scheduler {
         }
     }
 
-    /// Stores a task's final result and wakes whoever waits for it.
+    /// Stores a task's final result and wakes whoever waits for it. An error fails all its
+    /// return objects (rule 6); values of extra returns are set by `finish_task_all` first.
     fn finish_task(&mut self, id: Id, result: Result<(Payload, Vec<Id>), Error>) {
         self.release_task_args(id);
-        let Some(_task) = self.tasks.remove(&id) else {
+        let Some(task) = self.tasks.remove(&id) else {
             return;
         };
+        for x in task.spec.extra {
+            self.extra_of.remove(&x);
+            if let Err(e) = &result {
+                self.resolve_return(x, Err(e.clone()));
+            }
+        }
+        self.resolve_return(id, result);
+    }
+
+    /// Stores the value (or error) of one return object and wakes whoever waits for it.
+    fn resolve_return(&mut self, id: Id, result: Result<(Payload, Vec<Id>), Error>) {
         let Some(o) = self.objects.get_mut(&id) else {
             // Nobody holds the result: drop what it mentions.
             if let Ok((_, contained)) = result {
@@ -1102,6 +1193,10 @@ impl Scheduler {
             }
         }
         self.notify(id);
+        // Nobody held it while its task ran (rule 6): free it now.
+        if self.objects.get(&id).is_some_and(|o| o.refs <= 0) {
+            self.free(id);
+        }
     }
 
     fn on_done(&mut self, slot: u32, task: Id, outcome: Outcome) {
@@ -1116,32 +1211,25 @@ impl Scheduler {
         // Validate before touching any state, so a kill leaves the task on the worker's stack
         // for the death handler (rule 5).
         let result = match outcome {
-            Outcome::Ok {
-                payload: Payload::Stored { .. },
-                contained,
-            } => {
-                let d = self.store.descriptor(ObjectId::from_u128(task));
-                let sealed = self
-                    .objects
-                    .get(&task)
-                    .is_some_and(|o| o.stored && o.sealed);
-                match d {
-                    Some(d) if sealed => Ok((
-                        Payload::Stored {
-                            offset: d.offset,
-                            len: d.len,
-                        },
-                        contained,
-                    )),
-                    _ => return self.kill_worker(slot, "stored result not sealed"),
-                }
-            }
-            Outcome::Ok { payload, contained } => Ok((payload, contained)),
+            Outcome::Ok { payload, contained } => Ok(vec![(payload, contained)]),
+            Outcome::Many(values) => Ok(values
+                .into_iter()
+                .map(|v| (v.payload, v.contained))
+                .collect()),
             Outcome::Err(e) => Err(e),
         };
-        if let Ok((_, contained)) = &result {
-            for &c in contained {
-                self.own(Some(slot), c, -1);
+        let result = match result {
+            Ok(values) => match self.checked_returns(task, values) {
+                Ok(values) => Ok(values),
+                Err(why) => return self.kill_worker(slot, why),
+            },
+            Err(e) => Err(e),
+        };
+        if let Ok(values) = &result {
+            for (_, contained) in values {
+                for &c in contained {
+                    self.own(Some(slot), c, -1);
+                }
             }
         }
         let frame = self
@@ -1153,8 +1241,10 @@ impl Scheduler {
         if self.cpus_used < EPS {
             self.cpus_used = 0.0;
         }
+        self.release_other(&frame.other);
+        self.count_call(slot, task);
         if self.workers.get(&slot).and_then(|w| w.actor) == Some(task) {
-            self.actor_constructed(task, &result);
+            self.actor_constructed(task, result.as_ref().map(|_| ()));
         }
         if let Some(t) = self.tasks.get_mut(&task) {
             t.worker = None;
@@ -1165,7 +1255,7 @@ impl Scheduler {
             if retry {
                 self.queue.push_front(task);
             } else {
-                self.finish_task(task, result);
+                self.finish_task_all(task, result);
             }
         }
         self.after_pop(slot);
@@ -1181,6 +1271,7 @@ impl Scheduler {
                 self.resume.push_back(slot);
             }
         }
+        self.retire_if_done(slot);
     }
 
     fn notify(&mut self, id: Id) {
@@ -1399,21 +1490,19 @@ impl Scheduler {
             self.cpus_used += cpus;
             self.send_to(slot, &msg);
         }
-        while let Some(&task) = self.queue.front() {
-            if !self.tasks.contains_key(&task) {
-                self.queue.pop_front();
-                continue;
-            }
+        while let Some(pos) = self.next_startable() {
+            let task = self.queue[pos];
             let cpus = self.task_cpus(task);
-            if !self.fits(cpus) {
-                return;
-            }
             // Rule 2: an idle worker, else a new one, else a blocked one.
             let idle = self
                 .workers
                 .iter()
                 .filter(|(_, w)| {
-                    w.actor.is_none() && w.ready && w.stream.is_some() && w.stack.is_empty()
+                    w.actor.is_none()
+                        && w.ready
+                        && w.stream.is_some()
+                        && w.stack.is_empty()
+                        && !w.retiring
                 })
                 .map(|(&s, _)| s)
                 .min();
@@ -1434,6 +1523,7 @@ impl Scheduler {
                             w.actor.is_none()
                                 && w.ready
                                 && w.stream.is_some()
+                                && !w.retiring
                                 && w.stack
                                     .last()
                                     .is_some_and(|f| f.blocked.is_some() && f.pending.is_none())
@@ -1449,7 +1539,7 @@ impl Scheduler {
                     }
                 }
             };
-            self.queue.pop_front();
+            self.queue.remove(pos);
             self.start_task(slot, task, cpus);
         }
     }
@@ -1486,12 +1576,19 @@ impl Scheduler {
             func: t.spec.func.clone(),
             name: t.name.clone(),
             args,
+            extra: t.spec.extra.clone(),
         };
         let _ = t.parent;
+        let other = Held {
+            gpus: t.spec.opts.num_gpus,
+            custom: t.spec.opts.resources.clone(),
+        };
+        self.acquire_other(&other);
         if let Some(w) = self.workers.get_mut(&slot) {
             w.stack.push(Frame {
                 task: id,
                 cpus,
+                other,
                 blocked: None,
                 pending: None,
             });
@@ -1499,9 +1596,270 @@ impl Scheduler {
         self.cpus_used += cpus;
         self.send_to(slot, &msg);
     }
+
+    // ---- resources (rule 1) ----
+
+    /// Why a task with these options can never run here, if it cannot (rule 1).
+    fn never_fits(&self, name: &str, opts: &TaskOpts) -> Option<Error> {
+        let over = |resource: &str, requested: f64, total: f64| {
+            // Written so that NaN never fits.
+            let fits = requested >= 0.0 && requested <= total + EPS;
+            (!fits).then(|| Error::Unschedulable {
+                task: name.to_string(),
+                resource: resource.to_string(),
+                requested: requested.to_string(),
+                total: total.to_string(),
+            })
+        };
+        over("CPU", opts.num_cpus, self.cfg.num_cpus as f64)
+            .or_else(|| over("GPU", opts.num_gpus, self.cfg.num_gpus))
+            .or_else(|| {
+                opts.resources.iter().find_map(|(r, amount)| {
+                    let total = self.cfg.resources.get(r).copied().unwrap_or(0.0);
+                    over(r, *amount, total)
+                })
+            })
+    }
+
+    /// True if the task's GPUs and custom resources are free now (rule 1).
+    fn fits_other(&self, opts: &TaskOpts) -> bool {
+        self.gpus_used + opts.num_gpus <= self.cfg.num_gpus + EPS
+            && opts.resources.iter().all(|(r, amount)| {
+                let used = self.custom_used.get(r).copied().unwrap_or(0.0);
+                let total = self.cfg.resources.get(r).copied().unwrap_or(0.0);
+                used + amount <= total + EPS
+            })
+    }
+
+    /// The queue position of the next task to start, if one fits now (rule 1): tasks wait in
+    /// order for CPUs, but one that waits only for a GPU or custom resource is passed.
+    fn next_startable(&mut self) -> Option<usize> {
+        let mut i = 0;
+        while i < self.queue.len() {
+            let Some(t) = self.tasks.get(&self.queue[i]) else {
+                self.queue.remove(i);
+                continue;
+            };
+            if !self.fits(t.spec.opts.num_cpus) {
+                return None;
+            }
+            if self.fits_other(&t.spec.opts) {
+                return Some(i);
+            }
+            i += 1;
+        }
+        None
+    }
+
+    fn acquire_other(&mut self, h: &Held) {
+        self.gpus_used += h.gpus;
+        for (r, amount) in &h.custom {
+            *self.custom_used.entry(r.clone()).or_insert(0.0) += amount;
+        }
+    }
+
+    fn release_other(&mut self, h: &Held) {
+        self.gpus_used -= h.gpus;
+        if self.gpus_used < EPS {
+            self.gpus_used = 0.0;
+        }
+        for (r, amount) in &h.custom {
+            if let Some(used) = self.custom_used.get_mut(r) {
+                *used -= amount;
+                if *used < EPS {
+                    self.custom_used.remove(r);
+                }
+            }
+        }
+    }
+
+    // ---- multiple returns (rule 6) ----
+
+    /// The task that returns object `id` (`id` itself unless it is an extra return).
+    fn task_of_return(&self, id: Id) -> Id {
+        self.extra_of.get(&id).copied().unwrap_or(id)
+    }
+
+    /// True while any return object of `task` is referenced.
+    fn any_return_alive(&self, task: Id) -> bool {
+        let alive = |id: &Id| self.objects.get(id).is_some_and(|o| o.refs > 0);
+        alive(&task)
+            || self
+                .tasks
+                .get(&task)
+                .is_some_and(|t| t.spec.extra.iter().any(alive))
+    }
+
+    /// True if `id` is a pending return object of a task that is running (rule 6).
+    fn is_running_return(&self, id: Id) -> bool {
+        self.objects
+            .get(&id)
+            .is_some_and(|o| matches!(o.state, ObjState::Pending))
+            && self
+                .tasks
+                .get(&self.task_of_return(id))
+                .is_some_and(|t| t.worker.is_some())
+    }
+
+    /// Removes a task that will not run from the task table.
+    fn forget_task(&mut self, task: Id) {
+        if let Some(t) = self.tasks.remove(&task) {
+            for x in t.spec.extra {
+                self.extra_of.remove(&x);
+            }
+        }
+    }
+
+    /// True if the spec's extra return ids are new and distinct (rule 3 in protocol.rs).
+    fn extra_ids_fresh(&self, spec: &TaskSpec) -> bool {
+        let mut seen = std::collections::HashSet::new();
+        seen.insert(spec.ret);
+        spec.extra.iter().all(|&x| {
+            seen.insert(x) && !self.objects.contains_key(&x) && !self.tasks.contains_key(&x)
+        })
+    }
+
+    /// Creates the pending extra return objects of a task, each owned by the submitter's
+    /// handle (rule 5 in protocol.rs).
+    fn add_extra_returns(&mut self, slot: Option<u32>, spec: &TaskSpec) {
+        for &x in &spec.extra {
+            self.objects.insert(
+                x,
+                Object {
+                    refs: 1,
+                    state: ObjState::Pending,
+                    contained: Vec::new(),
+                    stored: false,
+                    sealed: false,
+                    creator: None,
+                    waiters: Vec::new(),
+                },
+            );
+            self.own(slot, x, 1);
+            self.extra_of.insert(x, spec.ret);
+        }
+    }
+
+    /// The return values of a `Done`, checked against the task (rules 5 and 6): one per return
+    /// id, and each stored one sealed under its own id. Stored payloads are replaced by the
+    /// store's own descriptor. The error says why the worker must be killed.
+    #[allow(clippy::type_complexity)]
+    fn checked_returns(
+        &self,
+        task: Id,
+        values: Vec<(Payload, Vec<Id>)>,
+    ) -> Result<Vec<(Payload, Vec<Id>)>, &'static str> {
+        let extra = self.tasks.get(&task).map_or(&[][..], |t| &t.spec.extra[..]);
+        if values.len() != extra.len() + 1 {
+            return Err("done with the wrong number of return values");
+        }
+        let ids = std::iter::once(task).chain(extra.iter().copied());
+        ids.zip(values)
+            .map(|(id, (payload, contained))| match payload {
+                Payload::Stored { .. } => {
+                    let sealed = self.objects.get(&id).is_some_and(|o| o.stored && o.sealed);
+                    match self.store.descriptor(ObjectId::from_u128(id)) {
+                        Some(d) if sealed => Ok((
+                            Payload::Stored {
+                                offset: d.offset,
+                                len: d.len,
+                            },
+                            contained,
+                        )),
+                        _ => Err("stored result not sealed"),
+                    }
+                }
+                inline => Ok((inline, contained)),
+            })
+            .collect()
+    }
+
+    /// Finishes a task with all its return values, checked by `checked_returns` (rule 6).
+    fn finish_task_all(&mut self, task: Id, result: Result<Vec<(Payload, Vec<Id>)>, Error>) {
+        let mut values = match result {
+            Ok(v) => v,
+            Err(e) => return self.finish_task(task, Err(e)),
+        };
+        let rest = values.split_off(values.len().min(1));
+        let extra = self
+            .tasks
+            .get(&task)
+            .map(|t| t.spec.extra.clone())
+            .unwrap_or_default();
+        for (x, v) in extra.into_iter().zip(rest) {
+            self.resolve_return(x, Ok(v));
+        }
+        match values.pop() {
+            Some(first) => self.finish_task(task, Ok(first)),
+            None => {
+                let e = Error::Protocol("a task finished without a value".into());
+                self.finish_task(task, Err(e))
+            }
+        }
+    }
+
+    /// Frees what a failed attempt stored under the task's return ids, so that its retry can
+    /// write them again (rule 4).
+    fn reset_returns(&mut self, task: Id) {
+        let mut ids = vec![task];
+        if let Some(t) = self.tasks.get(&task) {
+            ids.extend_from_slice(&t.spec.extra);
+        }
+        for id in ids {
+            let Some(o) = self.objects.get_mut(&id) else {
+                continue;
+            };
+            if !o.stored {
+                continue;
+            }
+            let sealed = o.sealed;
+            o.stored = false;
+            o.sealed = false;
+            o.creator = None;
+            let oid = ObjectId::from_u128(id);
+            let _ = if sealed {
+                self.store.delete(oid)
+            } else {
+                self.store.abort(oid)
+            };
+        }
+    }
+
+    // ---- max_calls (rule 7) ----
+
+    /// Counts a finished task against its function's `max_calls` on this worker.
+    fn count_call(&mut self, slot: u32, task: Id) {
+        let Some(t) = self.tasks.get(&task) else {
+            return;
+        };
+        let max = t.spec.opts.max_calls;
+        if max == 0 {
+            return;
+        }
+        let Some(w) = self.workers.get_mut(&slot) else {
+            return;
+        };
+        let n = w.calls.entry(t.spec.func.clone()).or_insert(0);
+        *n += 1;
+        if *n >= max {
+            w.retiring = true;
+        }
+    }
+
+    /// Sends `Exit` to a retiring worker once its stack is empty (rule 7).
+    fn retire_if_done(&mut self, slot: u32) {
+        let Some(w) = self.workers.get_mut(&slot) else {
+            return;
+        };
+        if !w.retiring || w.retired || !w.stack.is_empty() {
+            return;
+        }
+        w.retired = true;
+        self.send_to(slot, &ToWorker::Exit);
+    }
 }
 
-// ---- actors (rule 6) ----
+// ---- actors (rule 8) ----
 impl Scheduler {
     fn actor_submitted(&mut self, slot: Option<u32>, id: Id, call: ActorCall) {
         match call {
@@ -1589,7 +1947,7 @@ impl Scheduler {
         }
     }
 
-    fn actor_constructed(&mut self, id: Id, result: &Result<(Payload, Vec<Id>), Error>) {
+    fn actor_constructed(&mut self, id: Id, result: Result<(), &Error>) {
         match result {
             Ok(_) => {
                 if let Some(a) = self.actors.get_mut(&id) {
@@ -1633,6 +1991,7 @@ impl Scheduler {
                         w.stack.push(Frame {
                             task: id,
                             cpus: 0.0,
+                            other: Held::default(),
                             blocked: None,
                             pending: None,
                         });
@@ -1642,6 +2001,7 @@ impl Scheduler {
                         func,
                         name,
                         args,
+                        extra: Vec::new(),
                     };
                     self.send_to(slot, &run);
                 }

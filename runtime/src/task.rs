@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 
 use crate::client::{self, BackendRef};
 use crate::object_ref::ObjectRef;
-use crate::protocol::{ActorCall, Arg, Outcome, Payload, TaskOpts, TaskSpec};
+use crate::protocol::{ActorCall, Arg, Id, Outcome, Payload, ReturnValue, TaskOpts, TaskSpec};
 use crate::registry::Invocation;
 use crate::{Error, Result, codec};
 
@@ -27,6 +27,9 @@ impl Default for TaskOptions {
                 num_cpus: 1.0,
                 max_retries: 3,
                 retry_exceptions: false,
+                num_gpus: 0.0,
+                resources: Vec::new(),
+                max_calls: 0,
             },
         }
     }
@@ -55,6 +58,39 @@ impl TaskOptions {
     /// Also retry (within `max_retries`) when the task returns `Err` or panics.
     pub fn retry_exceptions(mut self, yes: bool) -> Self {
         self.opts.retry_exceptions = yes;
+        self
+    }
+
+    /// GPUs the task holds while it runs (default 0; fractions allowed). Unlike CPUs they stay
+    /// held while the task is blocked in `get`, as in Ray. The runtime's total is
+    /// [`Config::num_gpus`](crate::Config::num_gpus).
+    pub fn num_gpus(mut self, n: f64) -> Self {
+        self.opts.num_gpus = n;
+        self
+    }
+
+    /// `amount` of the custom resource `name` that the task holds while it runs (replaces an
+    /// earlier amount of the same name). Held while blocked in `get`, like GPUs. The runtime's
+    /// totals are set with [`Config::resource`](crate::Config::resource).
+    pub fn resource(mut self, name: impl Into<String>, amount: f64) -> Self {
+        let name = name.into();
+        self.opts.resources.retain(|(n, _)| *n != name);
+        self.opts.resources.push((name, amount));
+        self
+    }
+
+    /// Several custom resources at once: `resources([("db", 1.0), ("disk", 0.5)])`.
+    pub fn resources<S: Into<String>>(mut self, list: impl IntoIterator<Item = (S, f64)>) -> Self {
+        for (name, amount) in list {
+            self = self.resource(name, amount);
+        }
+        self
+    }
+
+    /// Retire the worker process after it has run `n` tasks with this option (default 0:
+    /// never); `max_calls(1)` runs every call in a fresh process. For leaky or untrusted code.
+    pub fn max_calls(mut self, n: u32) -> Self {
+        self.opts.max_calls = n;
         self
     }
 }
@@ -143,11 +179,74 @@ pub(crate) fn submit_call<R>(
         func: func.to_string(),
         args: args.into_iter().map(|a| a.0).collect(),
         opts: opts.clone(),
+        extra: Vec::new(),
         actor,
     };
     match cx.b.submit(spec) {
         Ok(()) => ObjectRef::adopt(ret, cx.b),
         Err(e) => ObjectRef::failed(e),
+    }
+}
+
+/// The refs of a call with several returns, taken one by one in order (opaque).
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Returns {
+    refs: std::vec::IntoIter<Result<(Id, BackendRef)>>,
+}
+
+impl Returns {
+    /// The next return's ref (a failed ref if the call failed, or past the end).
+    #[allow(clippy::should_implement_trait)]
+    pub fn next<T>(&mut self) -> ObjectRef<T> {
+        match self.refs.next() {
+            Some(Ok((id, b))) => ObjectRef::adopt(id, b),
+            Some(Err(e)) => ObjectRef::failed(e),
+            None => ObjectRef::failed(Error::Protocol("no such return value".into())),
+        }
+    }
+}
+
+/// Submits a call with `n` return values (rule 5 in protocol.rs); the glue behind `f::remote`
+/// of a `num_returns = n` function.
+#[doc(hidden)]
+pub fn submit_many(
+    func: &'static str,
+    options: &TaskOptions,
+    n: usize,
+    args: impl FnOnce(&SubmitCx) -> Result<Vec<ArgSpec>>,
+) -> Returns {
+    let failed = |e: Error| Returns {
+        refs: vec![Err(e); n].into_iter(),
+    };
+    let b = match client::current() {
+        Ok(b) => b,
+        Err(e) => return failed(e),
+    };
+    let cx = SubmitCx { b };
+    let args = match args(&cx) {
+        Ok(a) => a,
+        Err(e) => return failed(e),
+    };
+    let ids: Vec<Id> = (0..n.max(1)).map(|_| cx.b.new_id()).collect();
+    let spec = TaskSpec {
+        ret: ids[0],
+        func: func.to_string(),
+        args: args.into_iter().map(|a| a.0).collect(),
+        opts: options.opts.clone(),
+        extra: ids[1..].to_vec(),
+        actor: None,
+    };
+    match cx.b.submit(spec) {
+        // Each id's one reference goes to its handle (rule 5 in protocol.rs).
+        Ok(()) => Returns {
+            refs: ids
+                .into_iter()
+                .map(|id| Ok((id, cx.b.clone())))
+                .collect::<Vec<_>>()
+                .into_iter(),
+        },
+        Err(e) => failed(e),
     }
 }
 
@@ -188,6 +287,57 @@ pub fn finish<T: Serialize>(_inv: &Invocation<'_>, value: T) -> Outcome {
         },
         Err(e) => Outcome::Err(e),
     }
+}
+
+/// One encoded element of a multi-return result (in the worker): its bytes and the ids it
+/// mentions, each of which owns a reference (rule 4 in protocol.rs).
+#[doc(hidden)]
+pub type Part = Result<(Vec<u8>, Vec<Id>)>;
+
+/// Encodes one element of a multi-return result (in the worker).
+#[doc(hidden)]
+pub fn encode_part<T: Serialize>(value: &T) -> Part {
+    let b = client::current()?;
+    client::encode_with_refs(&b, value)
+}
+
+/// Encodes the result of a `num_returns = N` task from its N encoded elements, or its error
+/// (rule 5 in protocol.rs). If one element failed to encode, the references the others took
+/// are given back and the task fails.
+#[doc(hidden)]
+pub fn finish_many<E: std::fmt::Display>(
+    inv: &Invocation<'_>,
+    r: std::result::Result<Vec<Part>, E>,
+) -> Outcome {
+    let parts = match r {
+        Ok(p) => p,
+        Err(e) => {
+            return Outcome::Err(Error::TaskFailed {
+                task: inv.name.to_string(),
+                message: e.to_string(),
+            });
+        }
+    };
+    if let Some(e) = parts.iter().find_map(|p| p.as_ref().err().cloned()) {
+        if let Ok(b) = client::current() {
+            for (_, contained) in parts.iter().flatten() {
+                for &c in contained {
+                    b.ref_op(c, -1);
+                }
+            }
+        }
+        return Outcome::Err(e);
+    }
+    Outcome::Many(
+        parts
+            .into_iter()
+            .flatten()
+            .map(|(bytes, contained)| ReturnValue {
+                payload: Payload::Inline(bytes),
+                contained,
+            })
+            .collect(),
+    )
 }
 
 /// Encodes a fallible task's result: `Err(e)` becomes `Error::TaskFailed` with `e`'s text.

@@ -17,7 +17,9 @@ use rayfork_plasma::ShmArena;
 
 use crate::client::{Backend, IdGen, RefQueue};
 use crate::ipc::{FrameReader, FrameWriter};
-use crate::protocol::{FromWorker, Id, Outcome, Payload, Resolved, TaskSpec, ToWorker};
+use crate::protocol::{
+    FromWorker, Id, Outcome, Payload, Resolved, ReturnValue, TaskSpec, ToWorker,
+};
 use crate::{Error, Result, ipc, registry};
 
 /// The entry point of an external worker program (see `Config::worker_program`).
@@ -96,8 +98,9 @@ pub(crate) fn run(slot: u32, sock: UnixStream, arena: Arc<ShmArena>) -> i32 {
                 func,
                 name,
                 args,
+                extra,
             })) => {
-                if backend.run_task(task, &func, &name, args).is_err() {
+                if backend.run_task(task, &func, &name, args, &extra).is_err() {
                     return 0;
                 }
             }
@@ -181,8 +184,9 @@ impl WorkerBackend {
                     func,
                     name,
                     args,
+                    extra,
                 })) => self
-                    .run_task(task, &func, &name, args)
+                    .run_task(task, &func, &name, args, &extra)
                     .map_err(|e| Error::os("send to scheduler", e))?,
                 Ok(Some(ToWorker::Exit)) | Ok(None) => {
                     // The driver is gone; nothing this task computes can be delivered.
@@ -194,9 +198,17 @@ impl WorkerBackend {
         }
     }
 
-    fn run_task(&self, task: Id, func: &str, name: &str, args: Vec<Payload>) -> io::Result<()> {
+    fn run_task(
+        &self,
+        task: Id,
+        func: &str,
+        name: &str,
+        args: Vec<Payload>,
+        extra: &[Id],
+    ) -> io::Result<()> {
         let outcome = self.invoke(task, func, name, &args);
         drop(args);
+        let outcome = self.store_returns(task, extra, outcome);
         self.send(FromWorker::Done { task, outcome })
     }
 
@@ -240,7 +252,63 @@ impl WorkerBackend {
         }
     }
 
-    /// Writes a large result into the store under the task's own id.
+    /// Checks a multi-return outcome against the task's return ids and writes each large value
+    /// into the store under its own return id (rule 5 in protocol.rs). On failure every value's
+    /// references are given back and the task fails (the scheduler frees what was stored).
+    fn store_returns(&self, task: Id, extra: &[Id], outcome: Outcome) -> Outcome {
+        let values = match outcome {
+            Outcome::Many(values) => values,
+            Outcome::Ok { payload, contained } if !extra.is_empty() => {
+                vec![ReturnValue { payload, contained }]
+            }
+            other => return other,
+        };
+        let fail = |values: Vec<ReturnValue>, e: Error| {
+            for v in values {
+                for c in v.contained {
+                    self.ref_op(c, -1);
+                }
+            }
+            Outcome::Err(e)
+        };
+        if values.len() != extra.len() + 1 {
+            let e = Error::Protocol(format!(
+                "task returned {} values but its caller expects {} (num_returns differs between \
+                 the driver and the worker program)",
+                values.len(),
+                extra.len() + 1
+            ));
+            return fail(values, e);
+        }
+        let ids = std::iter::once(task).chain(extra.iter().copied());
+        let mut out = Vec::with_capacity(values.len());
+        let mut values = values.into_iter();
+        for (id, v) in ids.zip(values.by_ref()) {
+            let payload = match v.payload {
+                Payload::Inline(bytes) if bytes.len() > self.inline_max => {
+                    match self.store_result(id, &bytes) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            out.push(ReturnValue {
+                                payload: Payload::Inline(Vec::new()),
+                                contained: v.contained,
+                            });
+                            out.extend(values);
+                            return fail(out, e);
+                        }
+                    }
+                }
+                p => p,
+            };
+            out.push(ReturnValue {
+                payload,
+                contained: v.contained,
+            });
+        }
+        Outcome::Many(out)
+    }
+
+    /// Writes a large result into the store under one of the task's return ids.
     fn store_result(&self, task: Id, bytes: &[u8]) -> Result<Payload> {
         let (offset, len) = self.create(task, bytes.len() as u64)?;
         let d = rayfork_plasma::Descriptor { offset, len };

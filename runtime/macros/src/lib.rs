@@ -8,6 +8,7 @@ use proc_macro2::Span;
 use quote::{format_ident, quote};
 use syn::parse::Parser;
 use syn::punctuated::Punctuated;
+use syn::spanned::Spanned;
 use syn::{
     Expr, FnArg, GenericArgument, ItemFn, Lit, Meta, PathArguments, ReturnType, Token, Type,
 };
@@ -15,8 +16,10 @@ use syn::{
 /// Makes a free function a remote function: `f::remote(args..)` submits it as a task and
 /// returns an `ObjectRef` of its result; `f::options()` sets per-call options.
 ///
-/// Attribute options: `num_cpus = 0.5`, `max_retries = 0`, `name = "..."`,
-/// `retry_exceptions = true`.
+/// Attribute options: `num_cpus = 0.5`, `num_gpus = 1`, `resources = [("db", 1.0)]`,
+/// `max_retries = 0`, `max_calls = 1`, `name = "..."`, `retry_exceptions = true`, and
+/// `num_returns = N`: a function returning an N-tuple (or `Result` of one) then gives N refs,
+/// one per element, from `f::remote(..)`.
 ///
 /// Arguments and the result must be serde types (owned). A function returning `Result<T, E>`
 /// (with `E: Display`) gives refs of `T`; `Err(e)` becomes `rayfork::Error::TaskFailed`.
@@ -30,11 +33,14 @@ pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
 
 struct Attrs {
     options: Vec<proc_macro2::TokenStream>,
+    /// `num_returns = N` with N >= 2 (None: the result is one object).
+    num_returns: Option<(usize, Span)>,
 }
 
 fn parse_attrs(attr: proc_macro2::TokenStream) -> syn::Result<Attrs> {
     let metas = Punctuated::<Meta, Token![,]>::parse_terminated.parse2(attr)?;
     let mut options = Vec::new();
+    let mut num_returns = None;
     for m in metas {
         let Meta::NameValue(nv) = &m else {
             return Err(syn::Error::new_spanned(m, "expected `key = value`"));
@@ -47,7 +53,47 @@ fn parse_attrs(attr: proc_macro2::TokenStream) -> syn::Result<Attrs> {
         let v = &nv.value;
         match key.as_str() {
             "num_cpus" => options.push(quote!(.num_cpus((#v) as f64))),
+            "num_gpus" => options.push(quote!(.num_gpus((#v) as f64))),
             "max_retries" => options.push(quote!(.max_retries(#v))),
+            "max_calls" => options.push(quote!(.max_calls(#v))),
+            "resources" => {
+                let err = || {
+                    syn::Error::new_spanned(
+                        v,
+                        "resources must be a list of (name, amount) pairs: \
+                         resources = [(\"db\", 1.0)]",
+                    )
+                };
+                let Expr::Array(list) = v else {
+                    return Err(err());
+                };
+                for e in &list.elems {
+                    let Expr::Tuple(t) = e else { return Err(err()) };
+                    if t.elems.len() != 2 {
+                        return Err(err());
+                    }
+                    let (name, amount) = (&t.elems[0], &t.elems[1]);
+                    options.push(quote!(.resource(#name, (#amount) as f64)));
+                }
+            }
+            "num_returns" => {
+                let n = match v {
+                    Expr::Lit(l) => match &l.lit {
+                        Lit::Int(i) => i.base10_parse::<usize>()?,
+                        _ => 0,
+                    },
+                    _ => 0,
+                };
+                if n == 0 {
+                    return Err(syn::Error::new_spanned(
+                        v,
+                        "num_returns must be an integer literal of at least 1",
+                    ));
+                }
+                if n > 1 {
+                    num_returns = Some((n, v.span()));
+                }
+            }
             "retry_exceptions" => options.push(quote!(.retry_exceptions(#v))),
             "name" => {
                 if !matches!(v, Expr::Lit(l) if matches!(l.lit, Lit::Str(_))) {
@@ -58,12 +104,25 @@ fn parse_attrs(attr: proc_macro2::TokenStream) -> syn::Result<Attrs> {
             _ => {
                 return Err(syn::Error::new_spanned(
                     &nv.path,
-                    "unknown option; expected num_cpus, max_retries, retry_exceptions or name",
+                    "unknown option; expected num_cpus, num_gpus, resources, max_retries, \
+                     max_calls, num_returns, retry_exceptions or name",
                 ));
             }
         }
     }
-    Ok(Attrs { options })
+    Ok(Attrs {
+        options,
+        num_returns,
+    })
+}
+
+/// The element types of a tuple type with exactly `n` elements.
+fn tuple_elems(ty: &Type, n: usize) -> Option<Vec<Type>> {
+    match ty {
+        Type::Tuple(t) if t.elems.len() == n => Some(t.elems.iter().cloned().collect()),
+        Type::Paren(p) => tuple_elems(&p.elem, n),
+        _ => None,
+    }
 }
 
 /// If `ty` is `Result<T, ..>` (any path ending in `Result` with generic arguments), its `T`.
@@ -133,10 +192,75 @@ fn expand(
             None => (quote!(#ty), quote!(finish)),
         },
     };
+    // `num_returns = N`: N refs, one per element of the returned tuple (rule 5 in protocol.rs).
+    let multi = match attrs.num_returns {
+        None => None,
+        Some((n, span)) => {
+            let ty = match &sig.output {
+                ReturnType::Type(_, ty) => Some(ty.as_ref()),
+                ReturnType::Default => None,
+            };
+            let elems = ty.and_then(|ty| {
+                let fallible = result_ok_type(ty);
+                tuple_elems(fallible.unwrap_or(ty), n).map(|e| (e, fallible.is_some()))
+            });
+            match elems {
+                Some(e) => Some(e),
+                None => {
+                    return Err(syn::Error::new(
+                        span,
+                        format!(
+                            "num_returns = {n} needs a function returning a {n}-tuple \
+                             (or a Result of one)"
+                        ),
+                    ));
+                }
+            }
+        }
+    };
     let options = &attrs.options;
+    let p = quote!(::rayfork::__private);
+    // What `remote` returns, how it submits, and how `__invoke` encodes the result.
+    let (ret_ty, submit_call, finish_call) = match &multi {
+        None => (
+            quote!(::rayfork::ObjectRef<#out_ty>),
+            quote! {
+                #p::submit(NAME, &self.0, move |_cx| {
+                    Ok(vec![#(::rayfork::IntoArg::<#arg_tys>::into_arg(#args, _cx)?),*])
+                })
+            },
+            quote!(#p::#finish(&inv, super::#name(#(#args),*))),
+        ),
+        Some((elems, fallible)) => {
+            let k = elems.len();
+            let vals: Vec<_> = (0..k).map(|i| format_ident!("__v{}", i)).collect();
+            let nexts = (0..k).map(|_| quote!(__r.next()));
+            let result = if *fallible {
+                quote!(super::#name(#(#args),*))
+            } else {
+                quote!(::core::result::Result::<_, ::core::convert::Infallible>::Ok(
+                    super::#name(#(#args),*)
+                ))
+            };
+            (
+                quote!((#(::rayfork::ObjectRef<#elems>),*)),
+                quote! {
+                    let mut __r = #p::submit_many(NAME, &self.0, #k, move |_cx| {
+                        Ok(vec![#(::rayfork::IntoArg::<#arg_tys>::into_arg(#args, _cx)?),*])
+                    });
+                    (#(#nexts),*)
+                },
+                quote! {
+                    #p::finish_many(
+                        &inv,
+                        #result.map(|(#(#vals),*)| vec![#(#p::encode_part(&#vals)),*]),
+                    )
+                },
+            )
+        }
+    };
     let doc =
         format!("Remote glue of [`{name}`](fn@{name}): `{name}::remote(..)` submits it as a task.");
-    let p = quote!(::rayfork::__private);
     let span = Span::call_site();
     let name_str = syn::LitStr::new(&name.to_string(), span);
     Ok(quote! {
@@ -155,8 +279,9 @@ fn expand(
                 ::rayfork::TaskOptions::default() #(#options)*
             }
 
-            /// Submits a call with the default options; returns a ref to the result.
-            pub fn remote(#(#args: impl ::rayfork::IntoArg<#arg_tys>),*) -> ::rayfork::ObjectRef<#out_ty> {
+            /// Submits a call with the default options; returns a ref to the result (one ref
+            /// per element with `num_returns`).
+            pub fn remote(#(#args: impl ::rayfork::IntoArg<#arg_tys>),*) -> #ret_ty {
                 options().remote(#(#args),*)
             }
 
@@ -180,11 +305,25 @@ fn expand(
                 pub fn retry_exceptions(self, yes: bool) -> Self {
                     Options(self.0.retry_exceptions(yes))
                 }
-                /// Submits a call with these options; returns a ref to the result.
-                pub fn remote(self, #(#args: impl ::rayfork::IntoArg<#arg_tys>),*) -> ::rayfork::ObjectRef<#out_ty> {
-                    #p::submit(NAME, &self.0, move |_cx| {
-                        Ok(vec![#(::rayfork::IntoArg::<#arg_tys>::into_arg(#args, _cx)?),*])
-                    })
+                /// See [`rayfork::TaskOptions::num_gpus`].
+                pub fn num_gpus(self, n: f64) -> Self { Options(self.0.num_gpus(n)) }
+                /// See [`rayfork::TaskOptions::resource`].
+                pub fn resource(self, name: impl Into<String>, amount: f64) -> Self {
+                    Options(self.0.resource(name, amount))
+                }
+                /// See [`rayfork::TaskOptions::resources`].
+                pub fn resources<S: Into<String>>(
+                    self,
+                    list: impl IntoIterator<Item = (S, f64)>,
+                ) -> Self {
+                    Options(self.0.resources(list))
+                }
+                /// See [`rayfork::TaskOptions::max_calls`].
+                pub fn max_calls(self, n: u32) -> Self { Options(self.0.max_calls(n)) }
+                /// Submits a call with these options; returns a ref to the result (one ref
+                /// per element with `num_returns`).
+                pub fn remote(self, #(#args: impl ::rayfork::IntoArg<#arg_tys>),*) -> #ret_ty {
+                    #submit_call
                 }
             }
 
@@ -198,7 +337,7 @@ fn expand(
                         Err(e) => return #p::arg_error(e),
                     };
                 )*
-                #p::#finish(&inv, super::#name(#(#args),*))
+                #finish_call
             }
 
             #[#p::linkme::distributed_slice(#p::REMOTE_FNS)]
