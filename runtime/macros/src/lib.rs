@@ -180,6 +180,14 @@ fn expand(
                 pub fn retry_exceptions(self, yes: bool) -> Self {
                     Options(self.0.retry_exceptions(yes))
                 }
+                /// See [`rayfork::TaskOptions::retry_exceptions_matching`].
+                pub fn retry_exceptions_matching<I, S>(self, patterns: I) -> Self
+                where
+                    I: IntoIterator<Item = S>,
+                    S: Into<String>,
+                {
+                    Options(self.0.retry_exceptions_matching(patterns))
+                }
                 /// Submits a call with these options; returns a ref to the result.
                 pub fn remote(self, #(#args: impl ::rayfork::IntoArg<#arg_tys>),*) -> ::rayfork::ObjectRef<#out_ty> {
                     #p::submit(NAME, &self.0, move |_cx| {
