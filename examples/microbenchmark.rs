@@ -8,13 +8,17 @@
 //! 4. memory: RSS and PSS of each idle worker and of the fork server (from /proc).
 //! 5. a 64 MiB `Array<u64>`: `put_array`, a task that checksums it in place, `get`; against a
 //!    plain 64 MiB memcpy in the same run.
+//! 6. faults: a task whose first attempt crashes (abort) against one that does not (the
+//!    difference is the recovery overhead), a crash reported with retries off, force cancel and
+//!    cooperative cancel (cancel call to `get` returning), a non-polling task stopped after the
+//!    grace period, and worker replacement; beside the Ray 2.60 figures of issue 5.
 //!
 //! Run: `cargo run --release --example microbenchmark` (`-- --quick` for a short run, as in CI).
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use rayfork::{Array, Runtime, remote};
+use rayfork::{Array, CancelMode, Runtime, remote};
 use rayfork_examples::timed;
 
 /// An empty task (Ray's `f.remote()` of a function returning `None`).
@@ -33,6 +37,43 @@ fn pid_after(ms: u64) -> u32 {
 #[remote]
 fn checksum(a: Array<u64>) -> u64 {
     sum(&a)
+}
+
+/// Crashes (SIGABRT) on its first attempt, tells the attempts apart by a marker file.
+#[remote]
+fn crash_once(marker: String) -> u32 {
+    if std::fs::metadata(&marker).is_err() {
+        std::fs::write(&marker, b"1").expect("write marker");
+        std::process::abort();
+    }
+    std::process::id()
+}
+
+/// The same task without the crash: the baseline of the recovery overhead.
+#[remote]
+fn no_crash(marker: String) -> u32 {
+    let _ = std::fs::metadata(&marker).is_err();
+    std::fs::write(&marker, b"1").expect("write marker");
+    std::process::id()
+}
+
+/// Always crashes.
+#[remote]
+fn crash_always() -> u32 {
+    std::process::abort()
+}
+
+/// Announces it runs, then spins until cancelled (polling the flag) or forever (not polling).
+#[remote]
+fn spin(started: String, polls: bool) -> u64 {
+    std::fs::write(&started, b"1").expect("write marker");
+    let mut n = 0u64;
+    loop {
+        n = std::hint::black_box(n.wrapping_add(1));
+        if polls && rayfork::is_cancelled() {
+            return n;
+        }
+    }
 }
 
 fn sum(v: &[u64]) -> u64 {
@@ -409,6 +450,144 @@ fn main() -> rayfork::Result<()> {
     println!(
         "failed gets: {fails}; store after the array runs: {} bytes used",
         store_left.used
+    );
+    faults(quick)
+}
+
+/// Waits until a task has created `path` (polling: a benchmark's rendezvous, not a test's).
+fn wait_for(path: &std::path::Path) {
+    while !path.exists() {
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
+/// Section 6: crash recovery, cancel latency and worker replacement, each a median.
+fn faults(quick: bool) -> rayfork::Result<()> {
+    let runs = if quick { 5 } else { 41 };
+    let dir = std::env::temp_dir().join(format!("rayfork-microbench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| rayfork::Error::Runtime(e.to_string()))?;
+    let mut next = 0u64;
+    let mut fresh = |name: &str| {
+        next += 1;
+        dir.join(format!("{name}-{next}"))
+    };
+    let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+    let rt = Runtime::builder()
+        .num_cpus(2)
+        .store_capacity(64 << 20)
+        .start()?;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    // Warm up both workers.
+    rt.get_all(&(0..4).map(|_| pid_after::remote(5)).collect::<Vec<_>>())?;
+
+    let (mut plain, mut crashed, mut reported) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let m = fresh("plain");
+        let (r, d) = timed(|| rt.get(&no_crash::remote(path(&m))));
+        r?;
+        plain.push(ms(d));
+        let m = fresh("crash");
+        let (r, d) = timed(|| rt.get(&crash_once::options().max_retries(1).remote(path(&m))));
+        r?;
+        crashed.push(ms(d));
+        let (r, d) = timed(|| rt.get(&crash_always::options().max_retries(0).remote()));
+        assert!(matches!(r, Err(rayfork::Error::WorkerCrashed { .. })));
+        reported.push(ms(d));
+        // Let the pool refill before the next round, so every round starts alike.
+        rt.get_all(&(0..2).map(|_| pid_after::remote(1)).collect::<Vec<_>>())?;
+    }
+    let (plain, crashed, reported) = (
+        median(&mut plain),
+        median(&mut crashed),
+        median(&mut reported),
+    );
+
+    let (mut force, mut coop, mut graced) = (Vec::new(), Vec::new(), Vec::new());
+    let grace = Duration::from_millis(20);
+    for _ in 0..runs {
+        for (kind, polls, mode) in [
+            (0, false, CancelMode::default().force()),
+            (1, true, CancelMode::default()),
+            (2, false, CancelMode::default().grace(grace)),
+        ] {
+            let started = fresh("spin");
+            let r = spin::remote(path(&started), polls);
+            wait_for(&started);
+            let (res, d) = timed(|| rt.cancel(&r, mode).and_then(|_| rt.get(&r).map(|_| ())));
+            assert!(res.is_err_and(|e| e.is_cancelled()));
+            match kind {
+                0 => force.push(ms(d)),
+                1 => coop.push(ms(d)),
+                _ => graced.push(ms(d) - ms(grace)),
+            }
+        }
+        rt.get_all(&(0..2).map(|_| pid_after::remote(1)).collect::<Vec<_>>())?;
+    }
+    let (force, coop, graced) = (median(&mut force), median(&mut coop), median(&mut graced));
+    drop(rt);
+
+    // Worker replacement: one worker; it crashes; time from the crash report to the next task's
+    // result (fork from the fork server, hello, run).
+    let rt = Runtime::builder()
+        .num_cpus(1)
+        .store_capacity(64 << 20)
+        .start()?;
+    let mut replace = Vec::new();
+    for _ in 0..runs {
+        let before = rt.get(&pid_after::remote(0))?;
+        let r = rt.get(&crash_always::options().max_retries(0).remote());
+        assert!(r.is_err());
+        let (after, d) = timed(|| rt.get(&pid_after::remote(0)));
+        assert_ne!(after?, before, "the task ran on the dead worker");
+        replace.push(ms(d));
+    }
+    let replace = median(&mut replace);
+    drop(rt);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    println!();
+    println!("faults (median of {runs} runs; ms)");
+    println!(
+        "{:<52} {:>10}   {:<30}",
+        "scenario", "rayfork", "Ray 2.60 (baseline)"
+    );
+    println!("{}", "-".repeat(96));
+    let line = |name: &str, v: f64, ray: &str| println!("{name:<52} {v:>10.3}   {ray:<30}");
+    line("task, no crash (submit -> get)", plain, "6 ms");
+    line(
+        "task crashing on its first attempt, retried",
+        crashed,
+        "881 ms",
+    );
+    line(
+        "  recovery overhead (difference)",
+        crashed - plain,
+        "~875 ms",
+    );
+    line("crash reported, retries off", reported, "12 ms");
+    line("force cancel (cancel -> get returns)", force, "13-17 ms");
+    line(
+        "cooperative cancel of a polling task",
+        coop,
+        "- (KeyboardInterrupt)",
+    );
+    line(
+        "non-polling task, cancel -> get minus 20 ms grace",
+        graced,
+        "never stopped (time.sleep)",
+    );
+    line(
+        "worker replacement (crash report -> next result)",
+        replace,
+        "-",
+    );
+    println!(
+        "targets: recovery <= 5 ms: {}; force cancel <= 2 ms: {}; cooperative <= 2 ms: {}; \
+         non-polling within grace + 2 ms: {}",
+        verdict(crashed - plain <= 5.0),
+        verdict(force <= 2.0),
+        verdict(coop <= 2.0),
+        verdict(graced <= 2.0),
     );
     Ok(())
 }

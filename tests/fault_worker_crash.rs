@@ -175,3 +175,90 @@ fn a_crash_in_a_nested_task_leaves_nothing_behind() {
         "{s:?}"
     );
 }
+
+/// Fails with `message` on every attempt, counting attempts in the marker file.
+#[remote]
+fn fails_counting(marker: String, message: String, succeed_on: u32) -> Result<u32, String> {
+    let n = std::fs::read_to_string(&marker)
+        .map(|s| s.len() as u32)
+        .unwrap_or(0)
+        + 1;
+    std::fs::write(&marker, "x".repeat(n as usize)).unwrap();
+    if n >= succeed_on {
+        Ok(n)
+    } else {
+        Err(format!("{message} (attempt {n})"))
+    }
+}
+
+fn attempts(marker: &str) -> usize {
+    std::fs::read_to_string(marker).map_or(0, |s| s.len())
+}
+
+#[test]
+fn retry_exceptions_matching_retries_only_matching_errors() {
+    let _w = watchdog(
+        "retry_exceptions_matching_retries_only_matching_errors",
+        LIMIT,
+    );
+    let rt = runtime();
+    let opts = || {
+        fails_counting::options()
+            .max_retries(3)
+            .retry_exceptions_matching(["connection reset", "busy"])
+    };
+    // A matching error is retried, and the third attempt succeeds.
+    let m = marker("match-ok");
+    let r = opts().remote(m.clone(), "connection reset by peer".to_string(), 3);
+    assert_eq!(rt.get(&r).unwrap(), 3);
+    assert_eq!(attempts(&m), 3);
+    // A matching error that persists: max_retries + 1 attempts, then the task's own error.
+    let m = marker("match-fail");
+    let r = opts().remote(m.clone(), "server busy".to_string(), 99);
+    match rt.get(&r) {
+        Err(Error::TaskFailed { message, .. }) => assert!(message.contains("attempt 4")),
+        other => panic!("expected TaskFailed, got {other:?}"),
+    }
+    assert_eq!(attempts(&m), 4);
+    // Another error is not retried at all.
+    let m = marker("nomatch");
+    let r = opts().remote(m.clone(), "bad input".to_string(), 2);
+    assert!(matches!(rt.get(&r), Err(Error::TaskFailed { .. })));
+    assert_eq!(attempts(&m), 1);
+    // retry_exceptions(true) retries every error.
+    let m = marker("all");
+    let r = fails_counting::options()
+        .max_retries(1)
+        .retry_exceptions(true)
+        .remote(m.clone(), "bad input".to_string(), 2);
+    assert_eq!(rt.get(&r).unwrap(), 2);
+    assert_eq!(attempts(&m), 2);
+}
+
+/// Says a few things on stderr, then dies.
+#[remote]
+fn chatty_crash(tag: String) -> u32 {
+    for i in 0..12 {
+        eprintln!("{tag}: line {i}");
+    }
+    eprint!("{tag}: last words");
+    std::process::abort()
+}
+
+#[test]
+fn the_crash_cause_quotes_the_last_stderr_lines() {
+    let _w = watchdog("the_crash_cause_quotes_the_last_stderr_lines", LIMIT);
+    let rt = runtime();
+    let tag = format!("chatty-{}", std::process::id());
+    match rt.get(&chatty_crash::options().max_retries(0).remote(tag.clone())) {
+        Err(Error::WorkerCrashed { cause, .. }) => {
+            assert!(cause.contains("SIGABRT"), "{cause}");
+            assert!(cause.contains(&format!("{tag}: line 11")), "{cause}");
+            assert!(cause.contains(&format!("{tag}: last words")), "{cause}");
+            // Only the last ten lines are kept.
+            assert!(!cause.contains(&format!("{tag}: line 2\n")), "{cause}");
+            assert!(!cause.contains(&format!("{tag}: line 0")), "{cause}");
+        }
+        other => panic!("expected WorkerCrashed, got {other:?}"),
+    }
+}

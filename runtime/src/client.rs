@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, Weak};
 use rayfork_plasma::{Arena, Descriptor, ShmArena};
 
 use crate::protocol::{Id, Payload, Resolved, TaskSpec};
-use crate::{Error, Result};
+use crate::{CancelMode, CancelOutcome, Error, Result};
 
 /// What the public API needs from a runtime, in a driver or in a worker.
 pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
@@ -34,6 +34,8 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
     fn ref_op(&self, id: Id, delta: i32);
     /// Ends an actor's process (one-way).
     fn kill_actor(&self, actor: Id) -> Result<()>;
+    /// Cancels the task that produces `id` (rule 9 in scheduler.rs).
+    fn cancel(&self, id: Id, mode: &CancelMode) -> Result<CancelOutcome>;
     /// The shared arena.
     fn arena(&self) -> &Arc<ShmArena>;
     /// A fresh object id (rule 3 in protocol.rs).

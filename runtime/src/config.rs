@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Values up to this many encoded bytes travel inline in messages (as Ray does).
 pub(crate) const DEFAULT_INLINE_MAX: usize = 64 * 1024;
@@ -25,7 +26,11 @@ pub struct Config {
     pub(crate) max_workers: usize,
     pub(crate) store_capacity: u64,
     pub(crate) worker_program: Option<PathBuf>,
+    pub(crate) cancel_grace: Duration,
 }
+
+/// How long a cancelled running task has to stop on its own before its worker is killed.
+pub(crate) const DEFAULT_CANCEL_GRACE: Duration = Duration::from_millis(100);
 
 impl Default for Config {
     fn default() -> Self {
@@ -37,6 +42,7 @@ impl Default for Config {
             max_workers: 4 * cpus,
             store_capacity: default_capacity(),
             worker_program: None,
+            cancel_grace: DEFAULT_CANCEL_GRACE,
         }
     }
 }
@@ -113,6 +119,17 @@ impl Config {
     /// `#[remote]` functions as the driver.
     pub fn worker_program(mut self, path: impl Into<PathBuf>) -> Self {
         self.worker_program = Some(path.into());
+        self
+    }
+
+    /// How long a cancelled task that is running has, after
+    /// [`is_cancelled`](crate::is_cancelled) turns true, to return on its own before its worker
+    /// process is killed with SIGKILL and replaced. Default 100 ms: enough for a task that polls
+    /// the flag in its loop to stop cleanly, short enough that a task stuck in a system call or
+    /// a native loop stops promptly. [`CancelMode::grace`](crate::CancelMode::grace) overrides
+    /// it per call; [`CancelMode::force`](crate::CancelMode::force) skips it.
+    pub fn cancel_grace(mut self, grace: Duration) -> Self {
+        self.cancel_grace = grace;
         self
     }
 

@@ -42,7 +42,8 @@ pub enum Error {
         /// The signal name or exit code of the last crash.
         cause: String,
     },
-    /// The task was cancelled with `cancel` before it produced a result.
+    /// The task was cancelled with [`cancel`](crate::cancel) before it produced a result (or
+    /// while it ran: whatever it returned is dropped). Cancelled tasks are never retried.
     #[error("task {task} was cancelled")]
     TaskCancelled {
         /// The task's name.
@@ -90,8 +91,12 @@ pub enum Error {
         /// The codec's message.
         message: String,
     },
-    /// `get` or `wait` gave up after its timeout; the task keeps running.
-    #[error("timed out after {millis} ms waiting for an object; the task was not cancelled")]
+    /// `get` or `wait` gave up after its timeout; the task keeps running (unless
+    /// [`cancel_on_timeout`](crate::cancel_on_timeout) cancelled it).
+    #[error(
+        "timed out after {millis} ms waiting for an object (a timeout alone does not cancel \
+         the task; see rayfork::cancel_on_timeout)"
+    )]
     Timeout {
         /// The timeout that elapsed.
         millis: u64,

@@ -16,14 +16,20 @@
 //!    and reaps every worker, then exits.
 //! 4. Every child is reaped by the fork server (SIGCHLD through a signalfd) and its exit cause is
 //!    sent to the driver; the driver reaps the fork server.
+//! 5. A worker's stderr is a pipe to the fork server, which forwards every byte to its own
+//!    stderr (the driver's) and keeps the worker's last `TAIL_LINES` lines; when it reaps the
+//!    worker it drains the pipe and sends those lines (`StderrTail`) just before `Exited`, so
+//!    a crash report can say what the worker said last.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
+use nix::fcntl::{FcntlArg, OFlag};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal, kill};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -31,12 +37,14 @@ use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork, getppid};
 
+use crate::cancel_flags::CancelFlags;
 use crate::protocol::{ExitCause, ForkReply, ForkRequest};
 use crate::{Error, Result, ipc, worker};
 
 const ROLE_VAR: &str = "RAYFORK_ROLE";
 const CTRL_VAR: &str = "RAYFORK_CTRL_FD";
 const ARENA_VAR: &str = "RAYFORK_ARENA_FD";
+const FLAGS_VAR: &str = "RAYFORK_FLAGS_FD";
 const PARENT_VAR: &str = "RAYFORK_PARENT_PID";
 const ROLE_FORK_SERVER: &str = "fork-server";
 
@@ -102,7 +110,8 @@ fn fork_server_from_env() -> Result<()> {
     }
     let ctrl = env_fd(CTRL_VAR)?;
     let arena = env_fd(ARENA_VAR)?;
-    for var in [ROLE_VAR, CTRL_VAR, ARENA_VAR, PARENT_VAR] {
+    let flags = env_fd(FLAGS_VAR)?;
+    for var in [ROLE_VAR, CTRL_VAR, ARENA_VAR, FLAGS_VAR, PARENT_VAR] {
         // SAFETY: we run before `main` (or at the top of `worker::main`) in a process that has
         // started no thread, so nothing can read the environment concurrently.
         unsafe { std::env::remove_var(var) };
@@ -110,11 +119,16 @@ fn fork_server_from_env() -> Result<()> {
     let arena = std::sync::Arc::new(
         rayfork_plasma::ShmArena::from_fd(arena).map_err(|e| Error::os("attach arena", e))?,
     );
-    serve(ctrl, arena)
+    let flags = std::sync::Arc::new(CancelFlags::from_fd(flags)?);
+    serve(ctrl, arena, flags)
 }
 
 /// The fork server's loop (rule 2: single-threaded).
-fn serve(ctrl: OwnedFd, arena: std::sync::Arc<rayfork_plasma::ShmArena>) -> Result<()> {
+fn serve(
+    ctrl: OwnedFd,
+    arena: std::sync::Arc<rayfork_plasma::ShmArena>,
+    flags: std::sync::Arc<CancelFlags>,
+) -> Result<()> {
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
     mask.thread_block()
@@ -122,30 +136,56 @@ fn serve(ctrl: OwnedFd, arena: std::sync::Arc<rayfork_plasma::ShmArena>) -> Resu
     let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(|e| Error::os("signalfd", e))?;
     let mut children: HashSet<i32> = HashSet::new();
+    let mut tails: HashMap<i32, StderrTail> = HashMap::new();
     loop {
-        let (ctrl_ready, sig_ready) = {
-            let mut fds = [
+        let (ctrl_ready, sig_ready, talking) = {
+            // Pipes at EOF are left out: they would report POLLHUP for ever.
+            let open: Vec<i32> = tails
+                .iter()
+                .filter(|(_, t)| !t.eof)
+                .map(|(&p, _)| p)
+                .collect();
+            let mut fds = vec![
                 PollFd::new(ctrl.as_fd(), PollFlags::POLLIN),
                 PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
             ];
+            fds.extend(
+                open.iter()
+                    .map(|p| PollFd::new(tails[p].fd.as_fd(), PollFlags::POLLIN)),
+            );
             match poll(&mut fds, PollTimeout::NONE) {
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => return Err(Error::os("poll", e)),
             }
             let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
-            (ready(&fds[0]), ready(&fds[1]))
+            let talking: Vec<i32> = open
+                .iter()
+                .zip(&fds[2..])
+                .filter(|(_, f)| ready(f))
+                .map(|(&p, _)| p)
+                .collect();
+            (ready(&fds[0]), ready(&fds[1]), talking)
         };
+        for pid in talking {
+            if let Some(t) = tails.get_mut(&pid) {
+                t.drain();
+            }
+        }
         if sig_ready {
             while let Ok(Some(_)) = sigfd.read_signal() {}
-            reap(&ctrl, &mut children);
+            reap(&ctrl, &mut children, &mut tails);
         }
         if ctrl_ready {
             match ipc::recv_packet::<ForkRequest>(&ctrl) {
                 Ok(Some((ForkRequest::Spawn { worker }, _))) => {
-                    let reply = match spawn_worker(worker, &ctrl, &sigfd, &mask, &arena) {
-                        Ok((pid, driver_end)) => {
+                    let inherited: Vec<RawFd> = tails.values().map(|t| t.fd.as_raw_fd()).collect();
+                    let spawned =
+                        spawn_worker(worker, &ctrl, &sigfd, &inherited, &mask, &arena, &flags);
+                    let reply = match spawned {
+                        Ok((pid, driver_end, stderr)) => {
                             children.insert(pid);
+                            tails.insert(pid, StderrTail::new(stderr));
                             let r = ipc::send_packet(
                                 &ctrl,
                                 &ForkReply::Spawned { worker, pid },
@@ -186,8 +226,8 @@ fn serve(ctrl: OwnedFd, arena: std::sync::Arc<rayfork_plasma::ShmArena>) -> Resu
     Ok(())
 }
 
-/// Reaps every exited child and reports it (rule 4).
-fn reap(ctrl: &OwnedFd, children: &mut HashSet<i32>) {
+/// Reaps every exited child and reports it (rules 4 and 5).
+fn reap(ctrl: &OwnedFd, children: &mut HashSet<i32>, tails: &mut HashMap<i32, StderrTail>) {
     loop {
         let cause = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(pid, code)) => (pid, ExitCause::Code(code)),
@@ -196,6 +236,13 @@ fn reap(ctrl: &OwnedFd, children: &mut HashSet<i32>) {
             Ok(_) => continue,
         };
         let pid = cause.0.as_raw();
+        if let Some(mut tail) = tails.remove(&pid) {
+            tail.drain();
+            if !tail.lines.is_empty() && children.contains(&pid) {
+                let lines = tail.lines.into_iter().collect();
+                let _ = ipc::send_packet(ctrl, &ForkReply::StderrTail { pid, lines }, &[]);
+            }
+        }
         if children.remove(&pid) {
             let _ = ipc::send_packet(
                 ctrl,
@@ -209,14 +256,17 @@ fn reap(ctrl: &OwnedFd, children: &mut HashSet<i32>) {
     }
 }
 
-/// Forks one worker. Returns its pid and the driver's end of its socket.
+/// Forks one worker. Returns its pid, the driver's end of its socket and the read end of its
+/// stderr pipe (non-blocking). `inherited` are fds of the fork server the child must close.
 fn spawn_worker(
     worker: u32,
     ctrl: &OwnedFd,
     sigfd: &SignalFd,
+    inherited: &[RawFd],
     mask: &SigSet,
     arena: &std::sync::Arc<rayfork_plasma::ShmArena>,
-) -> Result<(i32, OwnedFd)> {
+    flags: &std::sync::Arc<CancelFlags>,
+) -> Result<(i32, OwnedFd, OwnedFd)> {
     let (driver_end, worker_end) = socketpair(
         AddressFamily::Unix,
         SockType::Stream,
@@ -224,6 +274,11 @@ fn spawn_worker(
         SockFlag::SOCK_CLOEXEC,
     )
     .map_err(|e| Error::os("socketpair", e))?;
+    let (err_read, err_write) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::os("pipe2", e))?;
+    // Only our end is non-blocking: the worker's writes to stderr block as usual.
+    nix::fcntl::fcntl(&err_read, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
+        .map_err(|e| Error::os("fcntl", e))?;
     let server = nix::unistd::getpid();
     // SAFETY: the fork server is single-threaded (rule 2), so the child gets a consistent copy
     // of every lock and allocator; it never returns into the fork server's loop.
@@ -235,21 +290,34 @@ fn spawn_worker(
                 unsafe { libc::_exit(0) };
             }
             let _ = mask.thread_unblock();
-            // The child keeps only its own socket and the arena mapping.
+            // The child keeps only its own socket, its stderr pipe and the two mappings.
             let _ = nix::unistd::close(ctrl.as_raw_fd());
             let _ = nix::unistd::close(sigfd.as_fd().as_raw_fd());
+            for &fd in inherited {
+                let _ = nix::unistd::close(fd);
+            }
             drop(driver_end);
-            let code = worker::run(worker, UnixStream::from(worker_end), arena.clone());
+            drop(err_read);
+            // Rule 5: stderr goes to the fork server (dup2 clears CLOEXEC on the new fd 2).
+            let _ = nix::unistd::dup2_stderr(&err_write);
+            drop(err_write);
+            let code = worker::run(
+                worker,
+                UnixStream::from(worker_end),
+                arena.clone(),
+                flags.clone(),
+            );
             // SAFETY: as above; the worker flushed what it had to say before returning.
             unsafe { libc::_exit(code) }
         }
-        ForkResult::Parent { child } => Ok((child.as_raw(), driver_end)),
+        ForkResult::Parent { child } => Ok((child.as_raw(), driver_end, err_read)),
     }
 }
 
 /// Starts the fork server: exec's `program` with the fork-server role, passing it its end of the
-/// control socket and the arena fd. Must run on the thread that outlives the runtime (rule 3).
-pub(crate) fn spawn(program: &Path, arena_fd: RawFd) -> Result<(Child, OwnedFd)> {
+/// control socket, the arena fd and the cancel flags' fd. Must run on the thread that outlives
+/// the runtime (rule 3).
+pub(crate) fn spawn(program: &Path, arena_fd: RawFd, flags_fd: RawFd) -> Result<(Child, OwnedFd)> {
     // Keep the role hook linked (see ROLE_HOOK).
     std::hint::black_box(&ROLE_HOOK);
     let (driver_end, server_end) = socketpair(
@@ -265,14 +333,15 @@ pub(crate) fn spawn(program: &Path, arena_fd: RawFd) -> Result<(Child, OwnedFd)>
     cmd.env(ROLE_VAR, ROLE_FORK_SERVER)
         .env(CTRL_VAR, server_fd.to_string())
         .env(ARENA_VAR, arena_fd.to_string())
+        .env(FLAGS_VAR, flags_fd.to_string())
         .env(PARENT_VAR, parent.to_string())
         .stdin(Stdio::null());
     // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe
     // functions (fcntl, prctl, getppid); it allocates nothing and takes no lock.
     unsafe {
         cmd.pre_exec(move || {
-            // Only this child inherits the two fds: clear CLOEXEC here, never in the driver.
-            for fd in [server_fd, arena_fd] {
+            // Only this child inherits the three fds: clear CLOEXEC here, never in the driver.
+            for fd in [server_fd, arena_fd, flags_fd] {
                 if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -288,4 +357,110 @@ pub(crate) fn spawn(program: &Path, arena_fd: RawFd) -> Result<(Child, OwnedFd)>
         .map_err(|e| Error::os(&format!("start fork server {}", program.display()), e))?;
     drop(server_end);
     Ok((child, driver_end))
+}
+
+/// Lines of a worker's stderr kept for its crash report (rule 5).
+const TAIL_LINES: usize = 10;
+/// Longer lines are cut to this many bytes in the report (never in the forwarded output).
+const TAIL_LINE_MAX: usize = 300;
+
+/// The read end of one worker's stderr pipe and the last lines it carried (rule 5).
+struct StderrTail {
+    fd: OwnedFd,
+    /// The line being written (no newline yet).
+    partial: Vec<u8>,
+    lines: VecDeque<String>,
+    eof: bool,
+}
+
+impl StderrTail {
+    fn new(fd: OwnedFd) -> Self {
+        StderrTail {
+            fd,
+            partial: Vec::new(),
+            lines: VecDeque::new(),
+            eof: false,
+        }
+    }
+
+    /// Reads what the pipe holds (it is non-blocking), forwards it to our stderr and keeps the
+    /// last lines; at EOF the unfinished line counts as a line.
+    fn drain(&mut self) {
+        let mut buf = [0u8; 4096];
+        while !self.eof {
+            match nix::unistd::read(&self.fd, &mut buf) {
+                Ok(0) => {
+                    self.eof = true;
+                    if !self.partial.is_empty() {
+                        let rest = std::mem::take(&mut self.partial);
+                        self.keep(&rest);
+                    }
+                }
+                Ok(n) => {
+                    // Keep the user's output visible: forwarded unchanged.
+                    let _ = std::io::stderr().write_all(&buf[..n]);
+                    self.take_lines(&buf[..n]);
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EAGAIN) => return,
+                Err(_) => self.eof = true,
+            }
+        }
+    }
+
+    fn take_lines(&mut self, mut bytes: &[u8]) {
+        while let Some(i) = bytes.iter().position(|&b| b == b'\n') {
+            let mut line = std::mem::take(&mut self.partial);
+            line.extend_from_slice(&bytes[..i]);
+            self.keep(&line);
+            bytes = &bytes[i + 1..];
+        }
+        // Bound the memory of a line that never ends.
+        let room = (4 * TAIL_LINE_MAX).saturating_sub(self.partial.len());
+        self.partial
+            .extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+
+    fn keep(&mut self, line: &[u8]) {
+        let mut s = String::from_utf8_lossy(line).into_owned();
+        if s.len() > TAIL_LINE_MAX {
+            let mut cut = TAIL_LINE_MAX;
+            while !s.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            s.truncate(cut);
+            s.push_str("...");
+        }
+        if self.lines.len() == TAIL_LINES {
+            self.lines.pop_front();
+        }
+        self.lines.push_back(s);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tail_keeps_the_last_lines_whole() {
+        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+        nix::fcntl::fcntl(&r, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).unwrap();
+        let mut t = StderrTail::new(r);
+        let mut w = std::fs::File::from(w);
+        for i in 0..15 {
+            writeln!(w, "line {i}").unwrap();
+        }
+        write!(w, "half").unwrap();
+        t.drain();
+        write!(w, " a line\n{}", "x".repeat(1000)).unwrap();
+        drop(w);
+        t.drain();
+        assert!(t.eof);
+        let lines: Vec<_> = t.lines.iter().map(String::as_str).collect();
+        assert_eq!(lines.len(), TAIL_LINES);
+        assert_eq!(lines[0], "line 7");
+        assert_eq!(lines[8], "half a line");
+        assert_eq!(lines[9].len(), TAIL_LINE_MAX + 3);
+    }
 }

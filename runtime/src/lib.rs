@@ -3,7 +3,8 @@
 //! A driver program marks functions `#[remote]`, submits them as tasks and gets
 //! [`ObjectRef`]s back. Tasks run in worker processes forked from a fork server; every process
 //! maps the same shared-memory object store, so [`Array`]s move between processes without a
-//! copy. A task whose worker process dies is retried.
+//! copy. A task whose worker process dies is retried; a task can be cancelled, and one that
+//! does not stop is killed.
 //!
 //! ```no_run
 //! use rayfork::{remote, Runtime};
@@ -85,7 +86,38 @@
 //! # Retries
 //! When a worker process dies (a signal, `abort`, `exit`, the OOM killer), its task is retried
 //! on another worker up to `max_retries` times (default 3); then `get` returns
-//! [`Error::WorkerCrashed`] with the signal or exit code.
+//! [`Error::WorkerCrashed`] with the signal or exit code. Application errors (`Err` or a panic)
+//! are retried only with [`TaskOptions::retry_exceptions`] (all of them) or
+//! [`TaskOptions::retry_exceptions_matching`] (those whose message contains a pattern).
+//!
+//! # Cancellation
+//! [`cancel`] (or [`Runtime::cancel`] with a [`CancelMode`]) stops a task at the OS level. A
+//! task that has not started is removed and never runs. A running task first sees
+//! [`is_cancelled`] turn true (one atomic load of a flag in shared memory, cheap enough for an
+//! inner loop); if it still runs after the grace period ([`Config::cancel_grace`], default
+//! 100 ms), or at once with [`CancelMode::force`], its worker is killed with SIGKILL and
+//! replaced, so a task stuck in a system call or a native loop stops too. Either way `get`
+//! returns [`Error::TaskCancelled`] once the task has stopped; a cancelled task is never
+//! retried, and the tasks it submitted are cancelled too (unless
+//! [`CancelMode::recursive`]`(false)`). Other tasks that ran nested on a killed worker's stack
+//! are resubmitted without using up a retry. Cancelling a finished task does nothing and
+//! returns [`CancelOutcome::AlreadyFinished`]. A [`get_timeout`] that times out does not
+//! cancel; [`cancel_on_timeout`] does.
+//!
+//! ```no_run
+//! #[rayfork::remote]
+//! fn search(limit: u64) -> Option<u64> {
+//!     (0..limit).take_while(|_| !rayfork::is_cancelled()).find(|n| n % 1_000_003 == 999)
+//! }
+//!
+//! fn main() -> rayfork::Result<()> {
+//!     let rt = rayfork::Runtime::builder().start()?;
+//!     let r = search::remote(u64::MAX);
+//!     assert_eq!(rayfork::cancel(&r)?, rayfork::CancelOutcome::Cancelled);
+//!     assert!(rt.get(&r).unwrap_err().is_cancelled());
+//!     Ok(())
+//! }
+//! ```
 //!
 //! # Processes
 //! `Runtime::start` exec's the driver's own binary as a single-threaded fork server (caught
@@ -97,6 +129,8 @@
 
 mod actor;
 mod array;
+mod cancel;
+mod cancel_flags;
 mod client;
 mod codec;
 mod config;
@@ -114,6 +148,7 @@ pub mod worker;
 
 pub use actor::{ActorHandle, ActorOptions};
 pub use array::{Array, ArrayMut};
+pub use cancel::{CancelMode, CancelOutcome, cancel, cancel_on_timeout, cancel_with, is_cancelled};
 pub use config::Config;
 pub use error::{Error, Result};
 pub use map::{map, map_batched};

@@ -5,8 +5,8 @@
 //!
 //! Rules of the worker channel (cited elsewhere as "rule N in protocol.rs"):
 //! 1. A worker sends one `Hello` first, then any number of messages. Requests that expect an
-//!    answer (`Get`, `Wait`, `Create`) block the worker until the answer arrives; every other
-//!    message is one-way.
+//!    answer (`Get`, `Wait`, `Create`, `Cancel`) block the worker until the answer arrives; every
+//!    other message is one-way.
 //! 2. The driver sends `Run` only to a worker that is idle or blocked in `Get`/`Wait`; a blocked
 //!    worker runs it nested on its stack and answers with `Done` before its own answer arrives.
 //!    An answer (`GetReply`, `WaitReply`) is only sent to the task on top of the worker's stack.
@@ -23,7 +23,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
+use crate::{CancelOutcome, Error};
 
 /// An object id on the wire (a `rayfork_plasma::ObjectId` as an integer).
 pub type Id = u128;
@@ -44,6 +44,9 @@ pub(crate) enum ForkReply {
     Spawned { worker: u32, pid: i32 },
     /// Forking failed.
     SpawnFailed { worker: u32, message: String },
+    /// The last lines a worker wrote to stderr, sent just before its `Exited` (rule 5 in
+    /// fork_server.rs).
+    StderrTail { pid: i32, lines: Vec<String> },
     /// A worker was reaped.
     Exited { pid: i32, cause: ExitCause },
 }
@@ -84,6 +87,9 @@ pub(crate) struct TaskOpts {
     pub resources: Vec<(String, f64)>,
     /// Retire the worker after it has run this many tasks with `max_calls` set (0: never).
     pub max_calls: u32,
+    /// With `retry_exceptions`: retry only errors whose message contains one of these (all
+    /// errors when empty).
+    pub retry_if_contains: Vec<String>,
 }
 
 /// A task argument as submitted.
@@ -184,6 +190,8 @@ pub(crate) enum ToWorker {
     WaitReply(Vec<bool>),
     /// The answer to `Create`.
     Created(Result<(u64, u64), Error>),
+    /// The answer to `Cancel`.
+    CancelReply(Result<CancelOutcome, Error>),
     /// Leave the worker loop and exit.
     Exit,
 }
@@ -224,4 +232,12 @@ pub(crate) enum FromWorker {
     Done { task: Id, outcome: Outcome },
     /// End an actor's process now; it is not restarted and its pending calls fail.
     KillActor { actor: Id },
+    /// Cancel the task that produces `id` (rule 9 in scheduler.rs); answered with
+    /// `CancelReply`. `grace_ms: None` means the runtime's `Config::cancel_grace`.
+    Cancel {
+        id: Id,
+        force: bool,
+        recursive: bool,
+        grace_ms: Option<u64>,
+    },
 }

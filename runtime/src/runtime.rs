@@ -18,7 +18,7 @@ use crate::config::{Config, DEFAULT_INLINE_MAX};
 use crate::object_ref::{self, ObjectRef};
 use crate::protocol::{FromWorker, Id, Resolved, TaskSpec, ToWorker};
 use crate::scheduler::{Doorbell, Event, RuntimeStats, Scheduler};
-use crate::{Array, ArrayMut, Error, Result};
+use crate::{Array, ArrayMut, CancelMode, CancelOutcome, Error, Result};
 
 pub(crate) struct DriverBackend {
     tx: Sender<Event>,
@@ -123,6 +123,21 @@ impl Backend for DriverBackend {
 
     fn kill_actor(&self, actor: Id) -> Result<()> {
         self.one_way(FromWorker::KillActor { actor })
+    }
+
+    fn cancel(&self, id: Id, mode: &CancelMode) -> Result<CancelOutcome> {
+        match self.request(FromWorker::Cancel {
+            id,
+            force: mode.force,
+            recursive: mode.recursive,
+            grace_ms: mode.grace_ms(),
+        })? {
+            ToWorker::CancelReply(r) => r,
+            ToWorker::GetReply(Err(e)) => Err(e),
+            other => Err(Error::Protocol(format!(
+                "expected CancelReply, got {other:?}"
+            ))),
+        }
     }
 
     fn arena(&self) -> &Arc<ShmArena> {
@@ -268,6 +283,31 @@ impl Runtime {
         timeout: Option<Duration>,
     ) -> Result<crate::ReadyPending<T>> {
         object_ref::wait(refs, num_returns, timeout)
+    }
+
+    /// Cancels the task that produces `r`; see [`crate::cancel`] and [`CancelMode`].
+    ///
+    /// ```no_run
+    /// #[rayfork::remote]
+    /// fn spin() -> u64 {
+    ///     let mut n = 0u64;
+    ///     while !rayfork::is_cancelled() {
+    ///         n = n.wrapping_add(1);
+    ///     }
+    ///     n
+    /// }
+    ///
+    /// fn main() -> rayfork::Result<()> {
+    ///     let rt = rayfork::Runtime::builder().start()?;
+    ///     let r = spin::remote();
+    ///     let mode = rayfork::CancelMode::default().force();
+    ///     assert_eq!(rt.cancel(&r, mode)?, rayfork::CancelOutcome::Cancelled);
+    ///     assert!(rt.get(&r).unwrap_err().is_cancelled());
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn cancel<T>(&self, r: &ObjectRef<T>, mode: CancelMode) -> Result<CancelOutcome> {
+        crate::cancel::cancel_with(r, mode)
     }
 
     /// Stores a value in this runtime; see [`crate::put`].

@@ -6,7 +6,8 @@
 //! a worker costs no extra thread hop. It runs no user code.
 //!
 //! Task states: queued (waiting for deps or a CPU) -> running on a worker -> finished or failed;
-//! a task whose worker dies goes back to the front of the queue while attempts remain.
+//! a task whose worker dies goes back to the front of the queue while attempts remain; a
+//! cancelled task is removed if queued, or resolves to `TaskCancelled` once it stops (rule 9).
 //! Worker states: starting -> idle <-> busy (a stack of frames: running, or blocked in `get`)
 //! -> dead.
 //!
@@ -46,8 +47,18 @@
 //!    worker re-runs the constructor (with the arguments it first got, kept alive meanwhile)
 //!    and the queued calls run there; without, queued and later calls fail with `ActorDied`.
 //!    Actor calls run even when nobody holds their result (made for their effect).
+//! 9. Cancelling a task that has not started (queued, waiting for its arguments or for a retry)
+//!    removes it: it resolves to `TaskCancelled` at once and never runs. A running task is
+//!    marked cancelled and the flag of its own frame is raised (cancel_flags.rs); whatever it
+//!    returns then, it resolves to `TaskCancelled`. If it still runs when the grace period ends
+//!    (at once with `force`) its worker is killed. A cancelled task lost with its worker resolves
+//!    to `TaskCancelled` and is never retried (rule 4 does not apply to it); the other frames of
+//!    a worker killed for a cancel are resubmitted at the front of the queue without using one
+//!    of their attempts. A recursive cancel applies the same to every unfinished task whose
+//!    `parent` chain leads to the cancelled one. Cancelling a task that has finished (or any
+//!    id that is not an unfinished task) does nothing and says `AlreadyFinished`.
 
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::process::Child;
@@ -62,13 +73,14 @@ use nix::sys::socket::MsgFlags;
 
 use rayfork_plasma::{ClientId, ObjectId, ShmArena, Store};
 
+use crate::cancel_flags::CancelFlags;
 use crate::config::Config;
 use crate::ipc::{FrameReader, FrameWriter};
 use crate::protocol::{
     ActorCall, Arg, ExitCause, ForkReply, ForkRequest, FromWorker, Id, Outcome, Payload, Resolved,
     TaskOpts, TaskSpec, ToWorker,
 };
-use crate::{Error, fork_server, ipc};
+use crate::{CancelOutcome, Error, fork_server, ipc};
 
 /// What driver threads ask of the scheduler thread (workers and the fork server speak on
 /// their sockets, which the scheduler polls itself).
@@ -292,6 +304,33 @@ pub(crate) struct Scheduler {
     stats: RuntimeStats,
     /// Workers with queued output, flushed once per turn of the loop.
     unflushed: Vec<u32>,
+    /// Cancellation's state (rule 9).
+    cancel: Cancels,
+    /// The last stderr lines of workers that just exited, by pid, until their death is handled.
+    stderr_tails: HashMap<i32, Vec<String>>,
+}
+
+/// What the scheduler keeps for cancellation (rule 9).
+struct Cancels {
+    /// The shared flags that `rayfork::is_cancelled()` reads.
+    flags: CancelFlags,
+    /// Tasks cancelled while running: they resolve to `TaskCancelled` when they stop.
+    running: HashSet<Id>,
+    /// Kill timers: deadline key (from `next_request`, in `deadlines`) -> (worker, task).
+    timers: HashMap<u64, (u32, Id)>,
+    /// Workers killed to stop a cancelled task, until their death is handled.
+    killed: HashSet<u32>,
+}
+
+impl Cancels {
+    fn new(flags: CancelFlags) -> Self {
+        Cancels {
+            flags,
+            running: HashSet::new(),
+            timers: HashMap::new(),
+            killed: HashSet::new(),
+        }
+    }
 }
 
 const EPS: f64 = 1e-9;
@@ -308,7 +347,9 @@ impl Scheduler {
             Some(p) => p.clone(),
             None => std::env::current_exe().map_err(|e| Error::os("find own executable", e))?,
         };
-        let (fork_child, fork) = fork_server::spawn(&program, arena.fd().as_raw_fd())?;
+        let flags = CancelFlags::create()?;
+        let (fork_child, fork) =
+            fork_server::spawn(&program, arena.fd().as_raw_fd(), flags.fd().as_raw_fd())?;
         let mut s = Scheduler {
             store: Store::new(arena),
             cfg,
@@ -335,6 +376,8 @@ impl Scheduler {
             fork_child,
             stats: RuntimeStats::default(),
             unflushed: Vec::new(),
+            cancel: Cancels::new(flags),
+            stderr_tails: HashMap::new(),
         };
         for _ in 0..s.cfg.initial_workers() {
             s.spawn_worker();
@@ -627,6 +670,7 @@ impl Scheduler {
                     None => self.spawning = self.spawning.saturating_sub(1),
                 }
             }
+            ForkReply::StderrTail { pid, lines } => self.on_stderr_tail(pid, lines),
             ForkReply::Exited { pid, cause } => {
                 if let Some(slot) = self.pids.remove(&pid) {
                     self.on_worker_death(slot, cause);
@@ -695,11 +739,21 @@ impl Scheduler {
         for f in &w.stack {
             self.release_other(&f.other);
         }
+        let crash = self.crash_cause(w.pid, cause);
         if let Some(actor) = w.actor {
-            self.actor_worker_died(actor, &w.stack, cause);
+            // A cancelled call resolves as cancelled (rule 9); the others die with the actor.
+            for f in &w.stack {
+                if self.cancel.running.contains(&f.task) {
+                    self.cancel_on_death(slot, f.task);
+                }
+            }
+            self.actor_worker_died(actor, &w.stack, &crash);
         }
         // Rule 4: retry or fail every task on its stack.
         for f in w.stack.iter().rev().filter(|_| w.actor.is_none()) {
+            if self.cancel_on_death(slot, f.task) {
+                continue;
+            }
             let Some(t) = self.tasks.get_mut(&f.task) else {
                 continue;
             };
@@ -711,11 +765,12 @@ impl Scheduler {
                 let err = Error::WorkerCrashed {
                     task: t.name.clone(),
                     attempts: t.attempts,
-                    cause: cause.to_string(),
+                    cause: crash.clone(),
                 };
                 self.finish_task(f.task, Err(err));
             }
         }
+        self.cancel.killed.remove(&slot);
         for (id, n) in w.held {
             if n != 0 {
                 self.add_ref(id, -n);
@@ -837,6 +892,16 @@ impl Scheduler {
                 self.on_done(slot, task, outcome);
             }
             FromWorker::KillActor { actor } => self.kill_actor(actor, "killed by its owner"),
+            FromWorker::Cancel {
+                id,
+                force,
+                recursive,
+                grace_ms,
+            } => {
+                let Some(k) = key(client) else { return };
+                let r = self.cancel(id, force, recursive, grace_ms);
+                self.reply(&k, ToWorker::CancelReply(r));
+            }
         }
     }
 
@@ -1241,6 +1306,7 @@ impl Scheduler {
         if self.cpus_used < EPS {
             self.cpus_used = 0.0;
         }
+        let result = self.cancelled_result(task, result);
         self.release_other(&frame.other);
         self.count_call(slot, task);
         if self.workers.get(&slot).and_then(|w| w.actor) == Some(task) {
@@ -1248,9 +1314,7 @@ impl Scheduler {
         }
         if let Some(t) = self.tasks.get_mut(&task) {
             t.worker = None;
-            let retry = result.is_err()
-                && t.spec.opts.retry_exceptions
-                && matches!(&result, Err(e) if e.is_application_error())
+            let retry = matches!(&result, Err(e) if crate::task::retries_error(&t.spec.opts, e))
                 && t.attempts <= t.spec.opts.max_retries;
             if retry {
                 self.queue.push_front(task);
@@ -1404,6 +1468,7 @@ impl Scheduler {
                 break;
             }
             self.deadlines.pop();
+            self.on_cancel_timer(rid);
             if self.requests.contains_key(&rid) {
                 let ms = 0;
                 self.complete_request(rid, Some(ms));
@@ -1857,6 +1922,174 @@ impl Scheduler {
         w.retired = true;
         self.send_to(slot, &ToWorker::Exit);
     }
+    // ---- cancellation (rule 9) ----
+
+    /// Cancels the task that produces `id` and, if `recursive`, every task it submitted,
+    /// transitively. Says `AlreadyFinished` (and does nothing) when `id` is not an unfinished
+    /// task.
+    fn cancel(
+        &mut self,
+        id: Id,
+        force: bool,
+        recursive: bool,
+        grace_ms: Option<u64>,
+    ) -> Result<CancelOutcome, Error> {
+        if !self.tasks.contains_key(&id) {
+            return Ok(CancelOutcome::AlreadyFinished);
+        }
+        // The whole tree first: cancelling a task can remove it from the table.
+        let mut tree = vec![id];
+        if recursive {
+            let mut seen: HashSet<Id> = HashSet::from([id]);
+            let mut i = 0;
+            while i < tree.len() {
+                let p = tree[i];
+                let kids: Vec<Id> = self
+                    .tasks
+                    .iter()
+                    .filter(|(c, t)| t.parent == Some(p) && !seen.contains(c))
+                    .map(|(&c, _)| c)
+                    .collect();
+                seen.extend(kids.iter().copied());
+                tree.extend(kids);
+                i += 1;
+            }
+        }
+        let grace = grace_ms.map_or(self.cfg.cancel_grace, Duration::from_millis);
+        for t in tree {
+            self.cancel_one(t, force, grace);
+        }
+        Ok(CancelOutcome::Cancelled)
+    }
+
+    fn cancel_one(&mut self, id: Id, force: bool, grace: Duration) {
+        let Some(t) = self.tasks.get(&id) else {
+            return;
+        };
+        let err = Error::TaskCancelled {
+            task: t.name.clone(),
+        };
+        let Some(slot) = t.worker else {
+            // Not started (queued, waiting for its arguments, or waiting for a retry): it never
+            // runs, and whoever waits for it learns at once.
+            self.queue.retain(|&q| q != id);
+            return self.finish_task(id, Err(err));
+        };
+        self.cancel.running.insert(id);
+        // The cooperative request: raise the flag of the task's own frame.
+        if let Some(depth) = self
+            .workers
+            .get(&slot)
+            .and_then(|w| w.stack.iter().position(|f| f.task == id))
+        {
+            self.cancel.flags.raise(slot, depth, id);
+        }
+        if force || grace.is_zero() {
+            return self.kill_for_cancel(slot);
+        }
+        let key = self.next_request;
+        self.next_request += 1;
+        self.cancel.timers.insert(key, (slot, id));
+        self.deadlines
+            .push(std::cmp::Reverse((Instant::now() + grace, key)));
+    }
+
+    /// A grace period ended: kill the worker if the cancelled task still runs on it.
+    fn on_cancel_timer(&mut self, key: u64) {
+        let Some((slot, task)) = self.cancel.timers.remove(&key) else {
+            return;
+        };
+        let still_running = self.cancel.running.contains(&task)
+            && self
+                .tasks
+                .get(&task)
+                .is_some_and(|t| t.worker == Some(slot));
+        if still_running {
+            self.kill_for_cancel(slot);
+        }
+    }
+
+    fn kill_for_cancel(&mut self, slot: u32) {
+        if !self.workers.contains_key(&slot) || !self.cancel.killed.insert(slot) {
+            return;
+        }
+        // No more work goes to it; the fork server kills it and reports its exit (rule 4).
+        self.on_hangup(slot);
+    }
+
+    /// Decides the fate of `task`, lost with worker `slot`, when cancellation is involved; false
+    /// leaves it to the crash rule (rule 4).
+    fn cancel_on_death(&mut self, slot: u32, task: Id) -> bool {
+        let cancelled = self.cancel.running.remove(&task);
+        let killed = self.cancel.killed.contains(&slot);
+        if !cancelled && !killed {
+            return false;
+        }
+        let Some(t) = self.tasks.get_mut(&task) else {
+            return true;
+        };
+        t.worker = None;
+        if cancelled {
+            let err = Error::TaskCancelled {
+                task: t.name.clone(),
+            };
+            self.finish_task(task, Err(err));
+        } else {
+            // An innocent frame on a worker killed for another task's cancel: resubmitted as
+            // after a crash, without using up one of its attempts.
+            t.attempts = t.attempts.saturating_sub(1);
+            self.reset_returns(task);
+            self.queue.push_front(task);
+        }
+        true
+    }
+
+    /// The result of a task that returned: `TaskCancelled` if it was cancelled meanwhile,
+    /// whatever it returned (dropping the references its value held).
+    #[allow(clippy::type_complexity)]
+    fn cancelled_result(
+        &mut self,
+        task: Id,
+        result: Result<Vec<(Payload, Vec<Id>)>, Error>,
+    ) -> Result<Vec<(Payload, Vec<Id>)>, Error> {
+        if !self.cancel.running.remove(&task) {
+            return result;
+        }
+        if let Ok(values) = result {
+            for (_, contained) in values {
+                for c in contained {
+                    self.add_ref(c, -1);
+                }
+            }
+        }
+        let name = self
+            .tasks
+            .get(&task)
+            .map(|t| t.name.clone())
+            .unwrap_or_default();
+        Err(Error::TaskCancelled { task: name })
+    }
+
+    // ---- crash reports ----
+
+    fn on_stderr_tail(&mut self, pid: i32, lines: Vec<String>) {
+        if self.pids.contains_key(&pid) {
+            self.stderr_tails.insert(pid, lines);
+        }
+    }
+
+    /// A crash's cause: how the worker ended, and the last lines it wrote to stderr.
+    fn crash_cause(&mut self, pid: i32, cause: ExitCause) -> String {
+        let mut text = cause.to_string();
+        if let Some(lines) = self.stderr_tails.remove(&pid) {
+            text.push_str("; its last stderr lines:");
+            for l in lines {
+                text.push_str("\n  | ");
+                text.push_str(&l);
+            }
+        }
+        text
+    }
 }
 
 // ---- actors (rule 8) ----
@@ -2025,7 +2258,7 @@ impl Scheduler {
     }
 
     /// The actor's worker died: fail the call it ran, then restart or give up.
-    fn actor_worker_died(&mut self, id: Id, stack: &[Frame], cause: ExitCause) {
+    fn actor_worker_died(&mut self, id: Id, stack: &[Frame], cause: &str) {
         let Some(a) = self.actors.get_mut(&id) else {
             return;
         };

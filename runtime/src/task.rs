@@ -30,6 +30,7 @@ impl Default for TaskOptions {
                 num_gpus: 0.0,
                 resources: Vec::new(),
                 max_calls: 0,
+                retry_if_contains: Vec::new(),
             },
         }
     }
@@ -55,9 +56,14 @@ impl TaskOptions {
         self
     }
 
-    /// Also retry (within `max_retries`) when the task returns `Err` or panics.
+    /// Also retry (within `max_retries`) when the task returns `Err` or panics: every such
+    /// error with `true`. See [`retry_exceptions_matching`](Self::retry_exceptions_matching) to
+    /// retry only some.
     pub fn retry_exceptions(mut self, yes: bool) -> Self {
         self.opts.retry_exceptions = yes;
+        if !yes {
+            self.opts.retry_if_contains.clear();
+        }
         self
     }
 
@@ -93,6 +99,57 @@ impl TaskOptions {
         self.opts.max_calls = n;
         self
     }
+
+    /// Retry (within `max_retries`) an `Err` or a panic only when its message (the `Err`'s
+    /// `Display` text, or the panic payload) contains one of `patterns`; other errors fail at
+    /// once.
+    ///
+    /// The predicate is a list of substrings rather than a closure because it travels with the
+    /// task: a task submitted from inside another task is decided by the scheduler in the
+    /// driver, which cannot call code from a worker's address space. The patterns are matched
+    /// case-sensitively; an empty list retries nothing.
+    ///
+    /// ```no_run
+    /// #[rayfork::remote]
+    /// fn fetch(url: String) -> Result<String, String> {
+    ///     Err(format!("connection reset while fetching {url}"))
+    /// }
+    ///
+    /// fn main() -> rayfork::Result<()> {
+    ///     let _rt = rayfork::Runtime::builder().start()?;
+    ///     let r = fetch::options()
+    ///         .max_retries(2)
+    ///         .retry_exceptions_matching(["connection reset", "timed out"])
+    ///         .remote("http://example.com".to_string());
+    ///     assert!(rayfork::get(&r).is_err()); // tried 3 times
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn retry_exceptions_matching<I, S>(mut self, patterns: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let patterns: Vec<String> = patterns.into_iter().map(Into::into).collect();
+        self.opts.retry_exceptions = !patterns.is_empty();
+        self.opts.retry_if_contains = patterns;
+        self
+    }
+}
+
+/// True if a task with these options retries after `e` (attempts permitting): application
+/// errors only, and only those `retry_exceptions` selects.
+pub(crate) fn retries_error(opts: &TaskOpts, e: &Error) -> bool {
+    let message = match e {
+        Error::TaskFailed { message, .. } | Error::TaskPanicked { message, .. } => message,
+        _ => return false,
+    };
+    opts.retry_exceptions
+        && (opts.retry_if_contains.is_empty()
+            || opts
+                .retry_if_contains
+                .iter()
+                .any(|p| message.contains(p.as_str())))
 }
 
 /// A value, or a ref to one, accepted where a task takes a `T`.
@@ -359,4 +416,42 @@ pub fn finish_result<T: Serialize, E: std::fmt::Display>(
 #[doc(hidden)]
 pub fn arg_error(e: Error) -> Outcome {
     Outcome::Err(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(message: &str) -> Error {
+        Error::TaskFailed {
+            task: "t".into(),
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn retry_exceptions_selects_errors() {
+        let none = TaskOptions::default().opts;
+        let all = TaskOptions::default().retry_exceptions(true).opts;
+        let some = TaskOptions::default()
+            .retry_exceptions_matching(["reset", "busy"])
+            .opts;
+        let crash = Error::WorkerCrashed {
+            task: "t".into(),
+            attempts: 1,
+            cause: "reset".into(),
+        };
+        assert!(!retries_error(&none, &failed("reset")));
+        assert!(retries_error(&all, &failed("anything")));
+        assert!(retries_error(&some, &failed("connection reset by peer")));
+        assert!(!retries_error(&some, &failed("bad input")));
+        // Only application errors: never a crash (rule 4) or a cancel (rule 6).
+        assert!(!retries_error(&all, &crash));
+        assert!(!retries_error(
+            &all,
+            &Error::TaskCancelled { task: "t".into() }
+        ));
+        let empty = TaskOptions::default().retry_exceptions_matching(Vec::<String>::new());
+        assert!(!retries_error(&empty.opts, &failed("reset")));
+    }
 }

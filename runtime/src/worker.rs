@@ -10,17 +10,19 @@ use std::os::unix::net::UnixStream;
 
 use nix::sys::socket::MsgFlags;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::ThreadId;
 
 use rayfork_plasma::ShmArena;
 
+use crate::cancel_flags::{self, CancelFlags};
 use crate::client::{Backend, IdGen, RefQueue};
 use crate::ipc::{FrameReader, FrameWriter};
 use crate::protocol::{
     FromWorker, Id, Outcome, Payload, Resolved, ReturnValue, TaskSpec, ToWorker,
 };
-use crate::{Error, Result, ipc, registry};
+use crate::{CancelMode, CancelOutcome, Error, Result, ipc, registry};
 
 /// The entry point of an external worker program (see `Config::worker_program`).
 ///
@@ -57,6 +59,12 @@ pub(crate) struct WorkerBackend {
     arena: Arc<ShmArena>,
     inline_max: usize,
     thread: ThreadId,
+    /// The shared cancel flags (see cancel_flags.rs).
+    flags: Arc<CancelFlags>,
+    /// How many frames are on this worker's stack: the running one is at `depth - 1`.
+    depth: AtomicUsize,
+    /// The cancel tag of the running frame's task.
+    tag: AtomicU64,
 }
 
 static BACKEND: OnceLock<Arc<WorkerBackend>> = OnceLock::new();
@@ -67,7 +75,12 @@ pub(crate) fn backend() -> Option<Arc<WorkerBackend>> {
 }
 
 /// Runs the worker loop until the driver says `Exit` or hangs up; returns the exit code.
-pub(crate) fn run(slot: u32, sock: UnixStream, arena: Arc<ShmArena>) -> i32 {
+pub(crate) fn run(
+    slot: u32,
+    sock: UnixStream,
+    arena: Arc<ShmArena>,
+    flags: Arc<CancelFlags>,
+) -> i32 {
     let backend = Arc::new(WorkerBackend {
         slot,
         conn: Mutex::new(Conn {
@@ -80,6 +93,9 @@ pub(crate) fn run(slot: u32, sock: UnixStream, arena: Arc<ShmArena>) -> i32 {
         arena,
         inline_max: crate::config::DEFAULT_INLINE_MAX,
         thread: std::thread::current().id(),
+        flags,
+        depth: AtomicUsize::new(0),
+        tag: AtomicU64::new(0),
     });
     if BACKEND.set(backend.clone()).is_err() {
         return 3;
@@ -206,7 +222,12 @@ impl WorkerBackend {
         args: Vec<Payload>,
         extra: &[Id],
     ) -> io::Result<()> {
+        // This frame's place on the stack, as the scheduler counts it (rule 9 in scheduler.rs).
+        let depth = self.depth.fetch_add(1, Ordering::Relaxed);
+        let outer = self.tag.swap(cancel_flags::tag(task), Ordering::Relaxed);
         let outcome = self.invoke(task, func, name, &args);
+        self.tag.store(outer, Ordering::Relaxed);
+        self.depth.store(depth, Ordering::Relaxed);
         drop(args);
         let outcome = self.store_returns(task, extra, outcome);
         self.send(FromWorker::Done { task, outcome })
@@ -249,6 +270,16 @@ impl WorkerBackend {
                 Err(e) => Outcome::Err(e),
             },
             other => other,
+        }
+    }
+
+    /// True if the task running on top of this worker's stack has been cancelled.
+    pub(crate) fn is_cancelled(&self) -> bool {
+        match self.depth.load(Ordering::Relaxed) {
+            0 => false,
+            d => self
+                .flags
+                .is_raised(self.slot, d - 1, self.tag.load(Ordering::Relaxed)),
         }
     }
 
@@ -387,6 +418,20 @@ impl Backend for WorkerBackend {
         self.check_thread()?;
         self.send(FromWorker::KillActor { actor })
             .map_err(|e| Error::os("send to scheduler", e))
+    }
+
+    fn cancel(&self, id: Id, mode: &CancelMode) -> Result<CancelOutcome> {
+        match self.request(FromWorker::Cancel {
+            id,
+            force: mode.force,
+            recursive: mode.recursive,
+            grace_ms: mode.grace_ms(),
+        })? {
+            ToWorker::CancelReply(r) => r,
+            other => Err(Error::Protocol(format!(
+                "expected CancelReply, got {other:?}"
+            ))),
+        }
     }
 
     fn arena(&self) -> &Arc<ShmArena> {

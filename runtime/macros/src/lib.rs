@@ -305,6 +305,14 @@ fn expand(
                 pub fn retry_exceptions(self, yes: bool) -> Self {
                     Options(self.0.retry_exceptions(yes))
                 }
+                /// See [`rayfork::TaskOptions::retry_exceptions_matching`].
+                pub fn retry_exceptions_matching<I, S>(self, patterns: I) -> Self
+                where
+                    I: IntoIterator<Item = S>,
+                    S: Into<String>,
+                {
+                    Options(self.0.retry_exceptions_matching(patterns))
+                }
                 /// See [`rayfork::TaskOptions::num_gpus`].
                 pub fn num_gpus(self, n: f64) -> Self { Options(self.0.num_gpus(n)) }
                 /// See [`rayfork::TaskOptions::resource`].
