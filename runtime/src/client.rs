@@ -32,6 +32,11 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
     fn abort(&self, id: Id);
     /// A reference count change (rule 4 in protocol.rs).
     fn ref_op(&self, id: Id, delta: i32);
+    /// Yields an item of the running generator task (rule 10 in scheduler.rs); blocks while
+    /// the stream is full.
+    fn yield_item(&self, task: Id, item: Id) -> Result<()>;
+    /// The item at `index` of a generator's stream: `None` when it ended.
+    fn next_item(&self, stream: Id, index: u64) -> Result<Option<Id>>;
     /// Ends an actor's process (one-way).
     fn kill_actor(&self, actor: Id) -> Result<()>;
     /// Cancels the task that produces `id` (rule 9 in scheduler.rs).

@@ -83,6 +83,22 @@
 //! flight, fetching results in batches as they finish (so the store never fills with unfetched
 //! results). Both take the generated `f::remote` and keep the items' order.
 //!
+//! # Actors
+//! `#[rayfork::actor]` on an `impl` block with `fn new(..) -> Self`: `T::remote(args..)` starts
+//! a worker process of the actor's own and returns an [`ActorHandle<T>`]; each `&self` or
+//! `&mut self` method becomes a method of the handle (through the generated trait `TActor`)
+//! that returns an `ObjectRef`. Calls run one at a time in submission order; handles pass to
+//! tasks; `T::options().max_restarts(n)` restarts a crashed actor by re-running `new`;
+//! [`ActorHandle::kill`] ends it; the process ends when no handle is left. See `actor.rs` and
+//! `examples/monte_carlo_pi.rs`.
+//!
+//! # Generators
+//! `#[remote(streaming)]` on a function returning `impl Iterator<Item = T>`: `f::remote(..)`
+//! gives an [`ObjectRefGenerator<T>`] that produces a ref per item as soon as the task yields
+//! it. At most `f::options().backpressure(n)` items (default 16) wait untaken; a generator is
+//! not retried; a failure mid-way gives the items yielded before it, then the error. See
+//! `examples/generators.rs`.
+//!
 //! # Retries
 //! When a worker process dies (a signal, `abort`, `exit`, the OOM killer), its task is retried
 //! on another worker up to `max_retries` times (default 3); then `get` returns
@@ -136,6 +152,7 @@ mod codec;
 mod config;
 mod error;
 mod fork_server;
+mod generator;
 mod ipc;
 mod map;
 mod object_ref;
@@ -151,6 +168,7 @@ pub use array::{Array, ArrayMut};
 pub use cancel::{CancelMode, CancelOutcome, cancel, cancel_on_timeout, cancel_with, is_cancelled};
 pub use config::Config;
 pub use error::{Error, Result};
+pub use generator::ObjectRefGenerator;
 pub use map::{map, map_batched};
 pub use object_ref::{ObjectRef, ReadyPending, get, get_all, get_timeout, put, wait};
 pub use rayfork_macros::{actor, remote};
@@ -163,6 +181,7 @@ pub use task::{IntoArg, TaskOptions};
 #[doc(hidden)]
 pub mod __private {
     pub use crate::actor::{__store as actor_store, __with_state as actor_state};
+    pub use crate::generator::{finish_stream, submit_stream};
     pub use crate::protocol::Outcome;
     pub use crate::registry::{Invocation, REMOTE_FNS, RemoteFn};
     pub use crate::task::{

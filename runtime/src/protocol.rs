@@ -90,6 +90,9 @@ pub(crate) struct TaskOpts {
     /// With `retry_exceptions`: retry only errors whose message contains one of these (all
     /// errors when empty).
     pub retry_if_contains: Vec<String>,
+    /// A generator task (rule 10 in scheduler.rs) and its back-pressure: at most this many
+    /// yielded items not yet taken by the caller (0: no limit).
+    pub streaming: Option<u32>,
 }
 
 /// A task argument as submitted.
@@ -188,6 +191,11 @@ pub(crate) enum ToWorker {
     GetReply(Result<Vec<Resolved>, Error>),
     /// The answer to `Wait`: one readiness flag per id.
     WaitReply(Vec<bool>),
+    /// The answer to `Yield`: the stream has room, go on.
+    YieldAck,
+    /// The answer to `NextItem`: the item's id (with a reference for the asker), `None` when
+    /// the stream ended, or the generator's error.
+    NextItemReply(Result<Option<Id>, Error>),
     /// The answer to `Create`.
     Created(Result<(u64, u64), Error>),
     /// The answer to `Cancel`.
@@ -230,6 +238,12 @@ pub(crate) enum FromWorker {
     Abort { id: Id },
     /// The task on top of the stack finished.
     Done { task: Id, outcome: Outcome },
+    /// A generator task yields `item` (a value this worker put); its reference moves to the
+    /// stream. Answered with `YieldAck` once the stream has room (rule 10 in scheduler.rs).
+    Yield { task: Id, item: Id },
+    /// The item at `index` of the stream of generator task `stream`; answered with
+    /// `NextItemReply` once it exists or the stream ended.
+    NextItem { stream: Id, index: u64 },
     /// End an actor's process now; it is not restarted and its pending calls fail.
     KillActor { actor: Id },
     /// Cancel the task that produces `id` (rule 9 in scheduler.rs); answered with

@@ -121,6 +121,22 @@ impl Backend for DriverBackend {
         let _ = self.one_way(FromWorker::RefOps(vec![(id, delta)]));
     }
 
+    fn yield_item(&self, _task: Id, _item: Id) -> Result<()> {
+        Err(Error::Runtime(
+            "only a generator task yields items; the driver runs none".into(),
+        ))
+    }
+
+    fn next_item(&self, stream: Id, index: u64) -> Result<Option<Id>> {
+        match self.request(FromWorker::NextItem { stream, index })? {
+            ToWorker::NextItemReply(r) => r,
+            ToWorker::GetReply(Err(e)) => Err(e),
+            other => Err(Error::Protocol(format!(
+                "expected NextItemReply, got {other:?}"
+            ))),
+        }
+    }
+
     fn kill_actor(&self, actor: Id) -> Result<()> {
         self.one_way(FromWorker::KillActor { actor })
     }

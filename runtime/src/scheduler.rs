@@ -57,6 +57,14 @@
 //!    of their attempts. A recursive cancel applies the same to every unfinished task whose
 //!    `parent` chain leads to the cancelled one. Cancelling a task that has finished (or any
 //!    id that is not an unfinished task) does nothing and says `AlreadyFinished`.
+//! 10. Generators. A task with `streaming` set yields items: each is an object its worker put,
+//!     whose reference `Yield` moves to the task's stream. The caller takes items in order with
+//!     `NextItem` (a request like `get`: a blocked frame gives its CPUs back), each answer
+//!     moving the stream's reference to the caller. When more than the back-pressure bound of
+//!     items wait untaken, the generator's `Yield` is answered only once the caller catches up,
+//!     and its frame counts as blocked meanwhile (rule 1). The end of the task ends the stream
+//!     (its count, or its error after the items yielded before it); a generator is never
+//!     retried. The stream and its untaken items are freed with the task's object.
 
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -198,7 +206,34 @@ struct Task {
 
 enum RequestKind {
     Get,
-    Wait { need: usize },
+    Wait {
+        need: usize,
+    },
+    /// Item `index` of the stream of the task `ids[0]` (rule 10).
+    Next {
+        index: u64,
+    },
+    /// A generator waits for room in its stream `ids[0]` (rule 10).
+    YieldRoom,
+}
+
+/// The items of a generator task (rule 10).
+struct Stream {
+    /// Items yielded so far; the stream holds one reference to each until the caller takes it
+    /// (then `None`: the reference moved to the caller).
+    items: Vec<Option<Id>>,
+    /// Items taken by the caller (the highest index asked for, plus one).
+    taken: u64,
+    /// At most this many items wait untaken (0: no limit).
+    bound: u32,
+    /// Requests waiting on this stream: `Next`s, and the generator's `YieldRoom`.
+    waiting: Vec<u64>,
+}
+
+impl Stream {
+    fn has_room(&self) -> bool {
+        self.bound == 0 || (self.items.len() as u64).saturating_sub(self.taken) < self.bound as u64
+    }
 }
 
 struct Request {
@@ -275,6 +310,8 @@ struct Actor {
 
 pub(crate) struct Scheduler {
     cfg: Config,
+    /// Generator tasks' streams, by task id (rule 10).
+    streams: HashMap<Id, Stream>,
     actors: HashMap<Id, Actor>,
     rx: Receiver<Event>,
     bell: Arc<Doorbell>,
@@ -353,6 +390,7 @@ impl Scheduler {
         let mut s = Scheduler {
             store: Store::new(arena),
             cfg,
+            streams: HashMap::new(),
             actors: HashMap::new(),
             rx,
             bell,
@@ -758,7 +796,7 @@ impl Scheduler {
                 continue;
             };
             t.worker = None;
-            if t.attempts <= t.spec.opts.max_retries {
+            if t.attempts <= t.spec.opts.max_retries && t.spec.opts.streaming.is_none() {
                 self.reset_returns(f.task);
                 self.queue.push_front(f.task);
             } else {
@@ -892,6 +930,14 @@ impl Scheduler {
                 self.on_done(slot, task, outcome);
             }
             FromWorker::KillActor { actor } => self.kill_actor(actor, "killed by its owner"),
+            FromWorker::Yield { task, item } => {
+                let Some(slot) = slot else { return };
+                self.on_yield(slot, task, item);
+            }
+            FromWorker::NextItem { stream, index } => {
+                let Some(k) = key(client) else { return };
+                self.request(k, vec![stream], RequestKind::Next { index }, None);
+            }
             FromWorker::Cancel {
                 id,
                 force,
@@ -946,6 +992,11 @@ impl Scheduler {
             };
             if self.actors.contains_key(&id) {
                 self.actor_freed(id);
+            }
+            if let Some(st) = self.streams.remove(&id) {
+                for item in st.items.into_iter().flatten() {
+                    self.add_ref(item, -1);
+                }
             }
             if o.stored {
                 let oid = ObjectId::from_u128(id);
@@ -1177,6 +1228,17 @@ impl Scheduler {
             }
         }
         let actor = spec.actor;
+        if let Some(bound) = spec.opts.streaming {
+            self.streams.insert(
+                id,
+                Stream {
+                    items: Vec::new(),
+                    taken: 0,
+                    bound,
+                    waiting: Vec::new(),
+                },
+            );
+        }
         self.tasks.insert(
             id,
             Task {
@@ -1315,7 +1377,8 @@ impl Scheduler {
         if let Some(t) = self.tasks.get_mut(&task) {
             t.worker = None;
             let retry = matches!(&result, Err(e) if crate::task::retries_error(&t.spec.opts, e))
-                && t.attempts <= t.spec.opts.max_retries;
+                && t.attempts <= t.spec.opts.max_retries
+                && t.spec.opts.streaming.is_none();
             if retry {
                 self.queue.push_front(task);
             } else {
@@ -1372,6 +1435,10 @@ impl Scheduler {
                             match r.kind {
                                 RequestKind::Get => r.missing == 0,
                                 RequestKind::Wait { need } => r.ids.len() - r.missing >= need,
+                                // The stream ended (rule 10).
+                                RequestKind::Next { .. } => r.missing == 0,
+                                // Only the caller taking items makes room.
+                                RequestKind::YieldRoom => false,
                             }
                         }
                         None => false,
@@ -1412,10 +1479,12 @@ impl Scheduler {
         let satisfied = match kind {
             RequestKind::Get => missing == 0,
             RequestKind::Wait { need } => ids.len() - missing >= need,
+            RequestKind::Next { index } => missing == 0 || self.has_item(ids[0], index),
+            RequestKind::YieldRoom => self.streams.get(&ids[0]).is_none_or(Stream::has_room),
         };
         if satisfied {
             // Answered at once: the frame never blocks and keeps its CPUs.
-            let answer = self.answer(&ids, &kind, None);
+            let answer = self.answer_to(&client, &ids, &kind, None);
             return self.reply(&client, answer);
         }
         let rid = self.next_request;
@@ -1434,6 +1503,14 @@ impl Scheduler {
             },
         );
         let ids = self.requests[&rid].ids.clone();
+        if matches!(
+            self.requests[&rid].kind,
+            RequestKind::Next { .. } | RequestKind::YieldRoom
+        ) {
+            if let Some(st) = self.streams.get_mut(&ids[0]) {
+                st.waiting.push(rid);
+            }
+        }
         for id in ids {
             if let Some(o) = self.objects.get_mut(&id) {
                 if matches!(o.state, ObjState::Pending) {
@@ -1488,7 +1565,35 @@ impl Scheduler {
             RequestKind::Wait { .. } => {
                 ToWorker::WaitReply(ids.iter().map(|&i| self.is_ready(i)).collect())
             }
+            RequestKind::Next { index } => {
+                ToWorker::NextItemReply(self.stream_item(ids[0], *index))
+            }
+            RequestKind::YieldRoom => ToWorker::YieldAck,
         }
+    }
+
+    /// `answer`, plus what answering a `Next` does: the stream's reference to the item moves
+    /// to the asker, and the generator may get room (rule 10).
+    fn answer_to(
+        &mut self,
+        client: &ClientKey,
+        ids: &[Id],
+        kind: &RequestKind,
+        timed_out: Option<u64>,
+    ) -> ToWorker {
+        let answer = self.answer(ids, kind, timed_out);
+        if let (RequestKind::Next { index }, ToWorker::NextItemReply(Ok(Some(item)))) =
+            (kind, &answer)
+        {
+            let slot = match client {
+                ClientKey::Worker(s) => Some(*s),
+                ClientKey::Driver(_) => None,
+            };
+            // The stream's reference moves to the asker.
+            self.own(slot, *item, 1);
+            self.item_taken(ids[0], *index);
+        }
+        answer
     }
 
     /// Answers a waiting request; `timed_out` is set when its deadline passed first.
@@ -1496,7 +1601,7 @@ impl Scheduler {
         let Some(req) = self.requests.remove(&rid) else {
             return;
         };
-        let answer = self.answer(&req.ids, &req.kind, timed_out);
+        let answer = self.answer_to(&req.client, &req.ids, &req.kind, timed_out);
         match req.client {
             ClientKey::Driver(tx) => {
                 let _ = tx.send(answer);
@@ -2347,5 +2452,109 @@ impl Scheduler {
             }
             None => {}
         }
+    }
+}
+
+// ---- generators (rule 10) ----
+impl Scheduler {
+    fn has_item(&self, stream: Id, index: u64) -> bool {
+        self.streams
+            .get(&stream)
+            .is_some_and(|st| index < st.items.len() as u64)
+    }
+
+    /// Item `index` of a stream, or its end: `None` after a task that finished, its error
+    /// after one that failed.
+    fn stream_item(&self, stream: Id, index: u64) -> Result<Option<Id>, Error> {
+        let Some(st) = self.streams.get(&stream) else {
+            return Err(Error::Protocol(format!(
+                "object {stream:x} is not a generator's (or it was freed)"
+            )));
+        };
+        match st.items.get(index as usize) {
+            Some(Some(item)) => return Ok(Some(*item)),
+            Some(None) => {
+                return Err(Error::Protocol(format!(
+                    "item {index} of generator {stream:x} was already taken"
+                )));
+            }
+            None => {}
+        }
+        match self.objects.get(&stream).map(|o| &o.state) {
+            Some(ObjState::Failed(e)) => Err(e.clone()),
+            _ => Ok(None),
+        }
+    }
+
+    /// The caller took item `index`: the generator may have room again.
+    fn item_taken(&mut self, stream: Id, index: u64) {
+        let Some(st) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        if let Some(i) = st.items.get_mut(index as usize) {
+            *i = None;
+        }
+        st.taken = st.taken.max(index + 1);
+        if !st.has_room() {
+            return;
+        }
+        let room: Vec<u64> = st
+            .waiting
+            .iter()
+            .copied()
+            .filter(|rid| {
+                self.requests
+                    .get(rid)
+                    .is_some_and(|r| matches!(r.kind, RequestKind::YieldRoom))
+            })
+            .collect();
+        st.waiting.retain(|rid| !room.contains(rid));
+        for rid in room {
+            self.complete_request(rid, None);
+        }
+    }
+
+    /// A generator yielded `item` (rule 10): checked, moved to its stream, handed to waiting
+    /// callers; the generator goes on at once if the stream has room.
+    fn on_yield(&mut self, slot: u32, task: Id, item: Id) {
+        let on_top = self
+            .workers
+            .get(&slot)
+            .and_then(|w| w.stack.last())
+            .is_some_and(|f| f.task == task && f.blocked.is_none());
+        let held = self
+            .workers
+            .get(&slot)
+            .is_some_and(|w| w.held.get(&item).is_some_and(|&n| n > 0));
+        if !on_top || !held || !self.streams.contains_key(&task) || !self.is_ready(item) {
+            return self.kill_worker(
+                slot,
+                "yield of an item it does not hold, or not from a generator",
+            );
+        }
+        self.own(Some(slot), item, -1);
+        let st = self.streams.get_mut(&task).expect("checked above");
+        st.items.push(Some(item));
+        let len = st.items.len() as u64;
+        let ready: Vec<u64> = st
+            .waiting
+            .iter()
+            .copied()
+            .filter(|rid| {
+                self.requests
+                    .get(rid)
+                    .is_some_and(|r| matches!(r.kind, RequestKind::Next { index } if index < len))
+            })
+            .collect();
+        st.waiting.retain(|rid| !ready.contains(rid));
+        for rid in ready {
+            self.complete_request(rid, None);
+        }
+        self.request(
+            ClientKey::Worker(slot),
+            vec![task],
+            RequestKind::YieldRoom,
+            None,
+        );
     }
 }

@@ -31,12 +31,31 @@ impl Default for TaskOptions {
                 resources: Vec::new(),
                 max_calls: 0,
                 retry_if_contains: Vec::new(),
+                streaming: None,
             },
         }
     }
 }
 
 impl TaskOptions {
+    /// For a generator (`#[remote(streaming)]`): at most `n` yielded items wait for the caller
+    /// to take them; the generator blocks (giving its CPU back) until the caller catches up
+    /// (default 16; 0: no limit). Ignored for other tasks.
+    pub fn backpressure(mut self, n: u32) -> Self {
+        if self.opts.streaming.is_some() {
+            self.opts.streaming = Some(n);
+        }
+        self
+    }
+
+    #[doc(hidden)]
+    pub fn __streaming(mut self) -> Self {
+        self.opts.streaming = Some(crate::generator::DEFAULT_BACKPRESSURE);
+        // Items already handed out cannot be taken back: a generator is not retried.
+        self.opts.max_retries = 0;
+        self
+    }
+
     /// How many times a task whose worker process dies is retried (default 3, as Ray; 0
     /// disables retries).
     pub fn max_retries(mut self, n: u32) -> Self {

@@ -414,6 +414,25 @@ impl Backend for WorkerBackend {
         self.refs.push(id, delta);
     }
 
+    fn yield_item(&self, task: Id, item: Id) -> Result<()> {
+        // The stream's own reference, moved by `Yield` (rule 4 in protocol.rs).
+        self.refs.push(item, 1);
+        match self.request(FromWorker::Yield { task, item })? {
+            ToWorker::YieldAck => Ok(()),
+            ToWorker::GetReply(Err(e)) => Err(e),
+            other => Err(Error::Protocol(format!("expected YieldAck, got {other:?}"))),
+        }
+    }
+
+    fn next_item(&self, stream: Id, index: u64) -> Result<Option<Id>> {
+        match self.request(FromWorker::NextItem { stream, index })? {
+            ToWorker::NextItemReply(r) => r,
+            other => Err(Error::Protocol(format!(
+                "expected NextItemReply, got {other:?}"
+            ))),
+        }
+    }
+
     fn kill_actor(&self, actor: Id) -> Result<()> {
         self.check_thread()?;
         self.send(FromWorker::KillActor { actor })

@@ -33,6 +33,8 @@ pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
 
 struct Attrs {
     options: Vec<proc_macro2::TokenStream>,
+    /// `streaming`: a generator (its `remote` gives an `ObjectRefGenerator`).
+    streaming: bool,
     /// `num_returns = N` with N >= 2 (None: the result is one object).
     num_returns: Option<(usize, Span)>,
 }
@@ -41,7 +43,15 @@ fn parse_attrs(attr: proc_macro2::TokenStream) -> syn::Result<Attrs> {
     let metas = Punctuated::<Meta, Token![,]>::parse_terminated.parse2(attr)?;
     let mut options = Vec::new();
     let mut num_returns = None;
+    let mut streaming = false;
     for m in metas {
+        if let Meta::Path(path) = &m {
+            if path.is_ident("streaming") {
+                streaming = true;
+                options.insert(0, quote!(.__streaming()));
+                continue;
+            }
+        }
         let Meta::NameValue(nv) = &m else {
             return Err(syn::Error::new_spanned(m, "expected `key = value`"));
         };
@@ -104,8 +114,8 @@ fn parse_attrs(attr: proc_macro2::TokenStream) -> syn::Result<Attrs> {
             _ => {
                 return Err(syn::Error::new_spanned(
                     &nv.path,
-                    "unknown option; expected num_cpus, num_gpus, resources, max_retries, \
-                     max_calls, num_returns, retry_exceptions or name",
+                    "unknown option; expected streaming, num_cpus, num_gpus, resources, \
+                     max_retries, max_calls, num_returns, retry_exceptions or name",
                 ));
             }
         }
@@ -113,6 +123,28 @@ fn parse_attrs(attr: proc_macro2::TokenStream) -> syn::Result<Attrs> {
     Ok(Attrs {
         options,
         num_returns,
+        streaming,
+    })
+}
+
+/// `T` of `impl Iterator<Item = T>`.
+fn iterator_item(ty: &Type) -> Option<Type> {
+    let Type::ImplTrait(it) = ty else { return None };
+    it.bounds.iter().find_map(|b| {
+        let syn::TypeParamBound::Trait(t) = b else {
+            return None;
+        };
+        let last = t.path.segments.last()?;
+        if last.ident != "Iterator" {
+            return None;
+        }
+        let PathArguments::AngleBracketed(args) = &last.arguments else {
+            return None;
+        };
+        args.args.iter().find_map(|a| match a {
+            GenericArgument::AssocType(at) if at.ident == "Item" => Some(at.ty.clone()),
+            _ => None,
+        })
     })
 }
 
@@ -222,6 +254,27 @@ fn expand(
     let p = quote!(::rayfork::__private);
     // What `remote` returns, how it submits, and how `__invoke` encodes the result.
     let (ret_ty, submit_call, finish_call) = match &multi {
+        None if attrs.streaming => {
+            let item = match &sig.output {
+                ReturnType::Type(_, ty) => iterator_item(ty),
+                ReturnType::Default => None,
+            };
+            let Some(item) = item else {
+                return Err(syn::Error::new_spanned(
+                    &sig.output,
+                    "a streaming function returns `impl Iterator<Item = T>`",
+                ));
+            };
+            (
+                quote!(::rayfork::ObjectRefGenerator<#item>),
+                quote! {
+                    #p::submit_stream(NAME, &self.0, move |_cx| {
+                        Ok(vec![#(::rayfork::IntoArg::<#arg_tys>::into_arg(#args, _cx)?),*])
+                    })
+                },
+                quote!(#p::finish_stream(&inv, super::#name(#(#args),*))),
+            )
+        }
         None => (
             quote!(::rayfork::ObjectRef<#out_ty>),
             quote! {
@@ -326,6 +379,8 @@ fn expand(
                 ) -> Self {
                     Options(self.0.resources(list))
                 }
+                /// See [`rayfork::TaskOptions::backpressure`] (generators only).
+                pub fn backpressure(self, n: u32) -> Self { Options(self.0.backpressure(n)) }
                 /// See [`rayfork::TaskOptions::max_calls`].
                 pub fn max_calls(self, n: u32) -> Self { Options(self.0.max_calls(n)) }
                 /// Submits a call with these options; returns a ref to the result (one ref
