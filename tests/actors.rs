@@ -46,6 +46,16 @@ impl Counter {
         std::process::abort()
     }
 
+    /// Spins until cancelled; the number of polls.
+    pub fn spin_until_cancelled(&self) -> u64 {
+        let mut n = 0;
+        while !rayfork::is_cancelled() {
+            n += 1;
+            std::hint::spin_loop();
+        }
+        n
+    }
+
     /// An application error.
     pub fn fail(&self, why: String) -> Result<i64, String> {
         Err(why)
@@ -245,4 +255,64 @@ impl Picky {
     pub fn get(&self) -> i64 {
         self.0
     }
+}
+
+/// A value that fails.
+#[remote]
+fn broken() -> Result<i64, String> {
+    Err("no value".to_string())
+}
+
+#[test]
+fn an_unrun_constructor_with_a_failed_argument_fails_later_calls() {
+    let _w = watchdog(
+        "an_unrun_constructor_with_a_failed_argument_fails_later_calls",
+        LIMIT,
+    );
+    let rt = runtime();
+    let c = Counter::remote(broken::remote());
+    assert!(c.ready().is_err());
+    // Calls submitted after the failure fail too, instead of waiting forever.
+    assert!(rt.get(&c.add(1)).is_err());
+    assert!(rt.get(&c.pid()).is_err());
+}
+
+#[test]
+fn killing_or_dropping_an_actor_before_its_process_exists_leaves_no_process() {
+    let _w = watchdog(
+        "killing_or_dropping_an_actor_before_its_process_exists_leaves_no_process",
+        LIMIT,
+    );
+    let rt = runtime();
+    let pool = rt.stats().unwrap().workers;
+    for _ in 0..5 {
+        let c = Counter::remote(0);
+        c.kill().unwrap();
+        drop(Counter::remote(1));
+    }
+    assert!(
+        eventually(LIMIT, || rt.stats().unwrap().workers == pool),
+        "actor processes left: {:?}",
+        rt.stats().unwrap()
+    );
+}
+
+#[test]
+fn cancelling_an_actor_call_asks_it_to_stop_and_keeps_the_actor() {
+    let _w = watchdog(
+        "cancelling_an_actor_call_asks_it_to_stop_and_keeps_the_actor",
+        LIMIT,
+    );
+    let rt = runtime();
+    let c = Counter::remote(5);
+    let pid = rt.get(&c.pid()).unwrap();
+    let spinning = c.spin_until_cancelled();
+    rayfork::cancel(&spinning).unwrap();
+    assert!(matches!(
+        rt.get(&spinning),
+        Err(Error::TaskCancelled { .. })
+    ));
+    // Same process, same state.
+    assert_eq!(rt.get(&c.pid()).unwrap(), pid);
+    assert_eq!(rt.get(&c.add(1)).unwrap(), 6);
 }

@@ -84,8 +84,9 @@ impl RefQueue {
             .push((id, delta));
     }
 
-    /// Takes the queue; increments come before decrements of the same id, and changes that
-    /// cancel out are dropped.
+    /// Takes the queue, netted per id (changes that cancel out are dropped), with every
+    /// increment before every decrement: a decrement applied first could free an object (and
+    /// what it mentions) that a later increment in the same batch keeps alive.
     pub(crate) fn take(&self) -> Vec<(Id, i32)> {
         let ops = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
         if ops.len() < 2 {
@@ -100,13 +101,16 @@ impl RefQueue {
             });
             *e += d;
         }
-        order
+        let mut out: Vec<(Id, i32)> = order
             .into_iter()
             .filter_map(|id| match net[&id] {
                 0 => None,
                 d => Some((id, d)),
             })
-            .collect()
+            .collect();
+        // Stable: increments first, each group in first-seen order.
+        out.sort_by_key(|&(_, d)| d < 0);
+        out
     }
 }
 
@@ -210,4 +214,21 @@ pub(crate) fn encode_with_refs<T: serde::Serialize + ?Sized>(
         b.ref_op(id, 1);
     }
     Ok((bytes, ids))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RefQueue;
+
+    #[test]
+    fn increments_come_before_decrements() {
+        let q = RefQueue::default();
+        q.push(1, 1);
+        q.push(2, 1);
+        q.push(1, -2);
+        q.push(3, 1);
+        q.push(3, -1);
+        assert_eq!(q.take(), vec![(2, 1), (1, -1)]);
+        assert!(q.take().is_empty());
+    }
 }

@@ -55,7 +55,8 @@
 //!    to `TaskCancelled` and is never retried (rule 4 does not apply to it); the other frames of
 //!    a worker killed for a cancel are resubmitted at the front of the queue without using one
 //!    of their attempts. A recursive cancel applies the same to every unfinished task whose
-//!    `parent` chain leads to the cancelled one. Cancelling a task that has finished (or any
+//!    `parent` chain leads to the cancelled one. A running actor call (or constructor) only
+//!    gets the cooperative request, never a kill: its process is the actor's. Cancelling a task that has finished (or any
 //!    id that is not an unfinished task) does nothing and says `AlreadyFinished`.
 //! 10. Generators. A task with `streaming` set yields items: each is an object its worker put,
 //!     whose reference `Yield` moves to the task's stream. The caller takes items in order with
@@ -493,12 +494,10 @@ impl Scheduler {
         let mut slots = Vec::with_capacity(self.workers.len());
         let ready: Vec<PollFlags> = {
             let mut fds = Vec::with_capacity(self.workers.len() + 2);
-            let fork_events = if self.fork_alive {
-                PollFlags::POLLIN
-            } else {
-                PollFlags::empty()
-            };
-            fds.push(PollFd::new(self.fork.as_fd(), fork_events));
+            // A closed socket reports POLLHUP whatever is asked: poll it only while open.
+            if self.fork_alive {
+                fds.push(PollFd::new(self.fork.as_fd(), PollFlags::POLLIN));
+            }
             if bell {
                 fds.push(PollFd::new(self.bell.fd.as_fd(), PollFlags::POLLIN));
             }
@@ -520,8 +519,13 @@ impl Scheduler {
                 _ => return false,
             }
         };
-        let fork_ready = ready[0];
-        let workers = &ready[if bell { 2 } else { 1 }..];
+        let head = usize::from(self.fork_alive) + usize::from(bell);
+        let fork_ready = if self.fork_alive {
+            ready[0]
+        } else {
+            PollFlags::empty()
+        };
+        let workers = &ready[head..];
         let mut worked = false;
         for (&slot, &flags) in slots.iter().zip(workers) {
             if flags.is_empty() {
@@ -680,9 +684,13 @@ impl Scheduler {
         Some(slot)
     }
 
-    /// Pool workers alive or starting (actor workers are not counted, rule 8).
+    /// Pool workers alive or starting, that will take work (actor workers are not counted,
+    /// rule 8; nor retiring ones, rule 7: a replacement may be forked while one finishes).
     fn pool_len(&self) -> usize {
-        self.workers.values().filter(|w| w.actor.is_none()).count()
+        self.workers
+            .values()
+            .filter(|w| w.actor.is_none() && !w.retiring)
+            .count()
     }
 
     fn on_fork(&mut self, msg: ForkReply, mut fds: Vec<OwnedFd>) {
@@ -698,11 +706,21 @@ impl Scheduler {
                 if stream.set_nonblocking(true).is_ok() {
                     w.stream = Some(stream);
                 }
+                // Killed, or its actor gone, before it existed: end it now that it does.
+                let unwanted = w.hung_up
+                    || w.actor
+                        .is_some_and(|a| self.actors.get(&a).is_none_or(|a| a.dead.is_some()));
+                if unwanted {
+                    self.on_hangup(worker);
+                }
             }
             ForkReply::SpawnFailed { worker, message } => {
                 eprintln!("rayfork: forking worker {worker} failed: {message}");
                 match self.workers.remove(&worker).and_then(|w| w.actor) {
                     Some(a) => {
+                        if let Some(actor) = self.actors.get_mut(&a) {
+                            actor.slot = None;
+                        }
                         self.actor_gone(a, format!("its process could not start: {message}"))
                     }
                     None => self.spawning = self.spawning.saturating_sub(1),
@@ -1286,7 +1304,16 @@ impl Scheduler {
                 self.resolve_return(x, Err(e.clone()));
             }
         }
+        // An actor whose constructor failed (also unrun: a failed argument, a cancel) is gone,
+        // so that later calls fail instead of waiting for it (rule 8).
+        let ctor_failed = match &result {
+            Err(e) if self.actors.get(&id).is_some_and(|a| a.dead.is_none()) => Some(e.clone()),
+            _ => None,
+        };
         self.resolve_return(id, result);
+        if let Some(e) = ctor_failed {
+            self.actor_gone(id, format!("its constructor failed: {e}"));
+        }
     }
 
     /// Stores the value (or error) of one return object and wakes whoever waits for it.
@@ -1530,6 +1557,10 @@ impl Scheduler {
                 self.requests.remove(&rid);
                 return self.kill_worker(slot, "get outside a task");
             };
+            if f.blocked.is_some() {
+                self.requests.remove(&rid);
+                return self.kill_worker(slot, "a second request while blocked in one");
+            }
             f.blocked = Some(rid);
             self.cpus_used -= f.cpus;
             if self.cpus_used < EPS {
@@ -1634,6 +1665,12 @@ impl Scheduler {
     }
 
     fn dispatch(&mut self) {
+        if !self.fork_alive && !self.queue.is_empty() {
+            // Nothing can run any more (the fork server's death failed what was queued then).
+            for t in std::mem::take(&mut self.queue) {
+                self.finish_task(t, Err(Error::Runtime("the fork server died".into())));
+            }
+        }
         self.dispatch_actors();
         // Rule 1: resumptions first.
         while let Some(&slot) = self.resume.front() {
@@ -1679,11 +1716,18 @@ impl Scheduler {
             let slot = match idle {
                 Some(s) => s,
                 None => {
-                    if self.spawning > 0 {
-                        return;
-                    }
-                    if self.pool_len() < self.cfg.max_workers {
-                        self.spawn_worker();
+                    // Fork as many workers as the queued tasks could use now (free CPUs,
+                    // `max_workers`), all at once; the tasks wait for them.
+                    let free_cpus = (self.cfg.num_cpus as f64 - self.cpus_used).max(1.0).ceil();
+                    let want = self
+                        .queue
+                        .len()
+                        .min(free_cpus as usize)
+                        .min(self.cfg.max_workers.saturating_sub(self.pool_len()));
+                    if self.spawning > 0 || want > 0 {
+                        for _ in self.spawning..want {
+                            self.spawn_worker();
+                        }
                         return;
                     }
                     let blocked = self
@@ -2089,6 +2133,10 @@ impl Scheduler {
         {
             self.cancel.flags.raise(slot, depth, id);
         }
+        // An actor call is only asked to stop: killing the process would end the actor.
+        if self.workers.get(&slot).is_some_and(|w| w.actor.is_some()) {
+            return;
+        }
         if force || grace.is_zero() {
             return self.kill_for_cancel(slot);
         }
@@ -2352,6 +2400,10 @@ impl Scheduler {
                     Some(0) => {
                         self.actors.get_mut(&id).map(|a| a.calls.pop_front());
                         self.start_task(slot, call, 0.0);
+                        // It may have failed at once (a failed argument): then take the next.
+                        if self.workers.get(&slot).is_some_and(|w| w.stack.is_empty()) {
+                            continue;
+                        }
                         break;
                     }
                     // Submission order: later calls wait for this one's arguments.
