@@ -153,6 +153,7 @@ mod config;
 mod error;
 mod fork_server;
 mod generator;
+mod idmap;
 mod ipc;
 mod map;
 mod object_ref;

@@ -84,6 +84,7 @@ use rayfork_plasma::{ClientId, ObjectId, ShmArena, Store};
 
 use crate::cancel_flags::CancelFlags;
 use crate::config::Config;
+use crate::idmap::IdMap;
 use crate::ipc::{FrameReader, FrameWriter};
 use crate::protocol::{
     ActorCall, Arg, ExitCause, ForkReply, ForkRequest, FromWorker, Id, Outcome, Payload, Resolved,
@@ -272,7 +273,7 @@ struct Worker {
     ready: bool,
     stack: Vec<Frame>,
     /// Net references held by this worker's handles (rule 3).
-    held: HashMap<Id, i64>,
+    held: IdMap<Id, i64>,
     hung_up: bool,
     /// Tasks run per function, counted for functions called with `max_calls` (rule 7).
     calls: HashMap<String, u32>,
@@ -312,17 +313,17 @@ struct Actor {
 pub(crate) struct Scheduler {
     cfg: Config,
     /// Generator tasks' streams, by task id (rule 10).
-    streams: HashMap<Id, Stream>,
-    actors: HashMap<Id, Actor>,
+    streams: IdMap<Id, Stream>,
+    actors: IdMap<Id, Actor>,
     rx: Receiver<Event>,
     bell: Arc<Doorbell>,
     store: Store<ShmArena>,
-    objects: HashMap<Id, Object>,
-    tasks: HashMap<Id, Task>,
+    objects: IdMap<Id, Object>,
+    tasks: IdMap<Id, Task>,
     queue: VecDeque<Id>,
     resume: VecDeque<u32>,
-    workers: HashMap<u32, Worker>,
-    pids: HashMap<i32, u32>,
+    workers: IdMap<u32, Worker>,
+    pids: IdMap<i32, u32>,
     next_slot: u32,
     spawning: usize,
     cpus_used: f64,
@@ -331,8 +332,8 @@ pub(crate) struct Scheduler {
     /// Custom resources held by frames, by name (rule 1).
     custom_used: HashMap<String, f64>,
     /// The task of each extra return id (rule 6).
-    extra_of: HashMap<Id, Id>,
-    requests: HashMap<u64, Request>,
+    extra_of: IdMap<Id, Id>,
+    requests: IdMap<u64, Request>,
     next_request: u64,
     deadlines: BinaryHeap<std::cmp::Reverse<(Instant, u64)>>,
     fork: OwnedFd,
@@ -391,23 +392,23 @@ impl Scheduler {
         let mut s = Scheduler {
             store: Store::new(arena),
             cfg,
-            streams: HashMap::new(),
-            actors: HashMap::new(),
+            streams: IdMap::default(),
+            actors: IdMap::default(),
             rx,
             bell,
-            objects: HashMap::new(),
-            tasks: HashMap::new(),
+            objects: IdMap::default(),
+            tasks: IdMap::default(),
             queue: VecDeque::new(),
             resume: VecDeque::new(),
-            workers: HashMap::new(),
-            pids: HashMap::new(),
+            workers: IdMap::default(),
+            pids: IdMap::default(),
             next_slot: 1,
             spawning: 0,
             cpus_used: 0.0,
             gpus_used: 0.0,
             custom_used: HashMap::new(),
-            extra_of: HashMap::new(),
-            requests: HashMap::new(),
+            extra_of: IdMap::default(),
+            requests: IdMap::default(),
             next_request: 1,
             deadlines: BinaryHeap::new(),
             fork,
@@ -671,7 +672,7 @@ impl Scheduler {
                     out: FrameWriter::default(),
                     ready: false,
                     stack: Vec::new(),
-                    held: HashMap::new(),
+                    held: IdMap::default(),
                     hung_up: false,
                     calls: HashMap::new(),
                     retiring: false,
