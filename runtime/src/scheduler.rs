@@ -76,9 +76,10 @@ use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::time::{Duration, Instant};
 
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::poll::{PollFd, PollFlags, ppoll};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::MsgFlags;
+use nix::sys::time::TimeSpec;
 
 use rayfork_plasma::{ClientId, ObjectId, ShmArena, Store};
 
@@ -443,7 +444,7 @@ impl Scheduler {
                     Err(TryRecvError::Disconnected) => break 'run,
                 }
             }
-            worked |= self.poll_sockets(PollTimeout::ZERO, false);
+            worked |= self.poll_sockets(Some(Duration::ZERO), false);
             self.expire_deadlines();
             self.dispatch();
             self.flush();
@@ -470,17 +471,10 @@ impl Scheduler {
                 Err(TryRecvError::Empty) => {}
                 Err(TryRecvError::Disconnected) => break 'run,
             }
-            let timeout = match self.next_deadline() {
-                Some(d) => {
-                    let ms = d
-                        .saturating_duration_since(Instant::now())
-                        .as_millis()
-                        .saturating_add(1);
-                    PollTimeout::try_from(ms.min(i32::MAX as u128) as i32)
-                        .unwrap_or(PollTimeout::MAX)
-                }
-                None => PollTimeout::NONE,
-            };
+            // To the microsecond (ppoll): a cancel's grace period ends on time.
+            let timeout = self
+                .next_deadline()
+                .map(|d| d.saturating_duration_since(Instant::now()));
             self.poll_sockets(timeout, true);
             self.bell.sleeping.store(false, Ordering::SeqCst);
             self.bell.drain();
@@ -491,7 +485,7 @@ impl Scheduler {
 
     /// Polls the fork server's socket and every worker's, handles what arrived, and sends what
     /// was waiting for room. With `bell`, the doorbell is polled too. True if anything happened.
-    fn poll_sockets(&mut self, timeout: PollTimeout, bell: bool) -> bool {
+    fn poll_sockets(&mut self, timeout: Option<Duration>, bell: bool) -> bool {
         let mut slots = Vec::with_capacity(self.workers.len());
         let ready: Vec<PollFlags> = {
             let mut fds = Vec::with_capacity(self.workers.len() + 2);
@@ -512,7 +506,7 @@ impl Scheduler {
                     slots.push(slot);
                 }
             }
-            match poll(&mut fds, timeout) {
+            match ppoll(&mut fds, timeout.map(TimeSpec::from_duration), None) {
                 Ok(n) if n > 0 => fds
                     .iter()
                     .map(|f| f.revents().unwrap_or(PollFlags::empty()))
