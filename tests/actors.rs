@@ -56,6 +56,15 @@ impl Counter {
         n
     }
 
+    /// Kills its process the first time (when `marker` does not exist yet); then its pid.
+    pub fn crash_once(&self, marker: String) -> u32 {
+        if std::fs::metadata(&marker).is_err() {
+            std::fs::write(&marker, b"1").expect("marker");
+            std::process::abort();
+        }
+        std::process::id()
+    }
+
     /// An application error.
     pub fn fail(&self, why: String) -> Result<i64, String> {
         Err(why)
@@ -315,4 +324,36 @@ fn cancelling_an_actor_call_asks_it_to_stop_and_keeps_the_actor() {
     // Same process, same state.
     assert_eq!(rt.get(&c.pid()).unwrap(), pid);
     assert_eq!(rt.get(&c.add(1)).unwrap(), 6);
+}
+
+#[test]
+fn max_task_retries_runs_a_crashed_call_again_on_the_restarted_actor() {
+    let _w = watchdog(
+        "max_task_retries_runs_a_crashed_call_again_on_the_restarted_actor",
+        LIMIT,
+    );
+    let rt = runtime();
+    let dir = std::env::temp_dir().join(format!("rayfork-actor-retry-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let marker = dir.join("crashed").to_string_lossy().into_owned();
+    let _ = std::fs::remove_file(&marker);
+    let c = Counter::options()
+        .max_restarts(1)
+        .max_task_retries(1)
+        .remote(7);
+    let pid1 = rt.get(&c.pid()).unwrap();
+    let call = c.crash_once(marker.clone());
+    let later = c.add(1);
+    let pid2 = rt.get(&call).unwrap();
+    assert_ne!(pid1, pid2, "the call ran again on a new process");
+    // The queued call ran after it, on the restarted actor's fresh state.
+    assert_eq!(rt.get(&later).unwrap(), 8);
+    // Without retries the call fails.
+    let _ = std::fs::remove_file(&marker);
+    let d = Counter::options().max_restarts(1).remote(0);
+    assert!(matches!(
+        rt.get(&d.crash_once(marker.clone())),
+        Err(Error::ActorDied { .. })
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
 }

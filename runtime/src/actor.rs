@@ -135,6 +135,7 @@ impl<A> IntoArg<ActorHandle<A>> for &ActorHandle<A> {
 pub struct ActorOptions {
     opts: TaskOpts,
     max_restarts: u32,
+    max_task_retries: u32,
 }
 
 impl Default for ActorOptions {
@@ -142,6 +143,7 @@ impl Default for ActorOptions {
         ActorOptions {
             opts: TaskOptions::default().max_retries(0).opts,
             max_restarts: 0,
+            max_task_retries: 0,
         }
     }
 }
@@ -152,6 +154,14 @@ impl ActorOptions {
     /// [`Error::ActorDied`]; calls still queued run on the restarted actor.
     pub fn max_restarts(mut self, n: u32) -> Self {
         self.max_restarts = n;
+        self
+    }
+
+    /// How many times a call running when the actor's process crashed runs again on the
+    /// restarted actor (default 0: it fails with [`Error::ActorDied`]). Only with
+    /// `max_restarts`; the call must tolerate running twice.
+    pub fn max_task_retries(mut self, n: u32) -> Self {
+        self.max_task_retries = n;
         self
     }
 
@@ -172,6 +182,7 @@ impl ActorOptions {
             &self.opts,
             Some(ActorCall::Create {
                 max_restarts: self.max_restarts,
+                max_task_retries: self.max_task_retries,
             }),
             args,
         );

@@ -88,7 +88,8 @@
 //! a worker process of the actor's own and returns an [`ActorHandle<T>`]; each `&self` or
 //! `&mut self` method becomes a method of the handle (through the generated trait `TActor`)
 //! that returns an `ObjectRef`. Calls run one at a time in submission order; handles pass to
-//! tasks; `T::options().max_restarts(n)` restarts a crashed actor by re-running `new`;
+//! tasks; `T::options().max_restarts(n)` restarts a crashed actor by re-running `new`
+//! (`max_task_retries(n)` runs the call that was running again there);
 //! [`ActorHandle::kill`] ends it; the process ends when no handle is left. See `actor.rs` and
 //! `examples/monte_carlo_pi.rs`.
 //!

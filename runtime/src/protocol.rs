@@ -123,8 +123,12 @@ pub(crate) struct TaskSpec {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) enum ActorCall {
     /// Constructs an actor whose id is this task's id, on a worker of its own; a crash of that
-    /// worker re-runs the constructor up to `max_restarts` times.
-    Create { max_restarts: u32 },
+    /// worker re-runs the constructor up to `max_restarts` times; a call running at a crash
+    /// runs again on the restarted actor up to `max_task_retries` times.
+    Create {
+        max_restarts: u32,
+        max_task_retries: u32,
+    },
     /// A method call on `actor`; its first argument is a ref to the actor (its id).
     Method { actor: Id },
 }

@@ -43,7 +43,9 @@
 //!    counted in `max_workers`), one at a time, in submission order, holding no CPU. A method
 //!    call's first argument is a ref to the actor, so calls wait for the constructor and keep
 //!    the actor alive; when the actor's object is freed, its worker is told to exit. When the
-//!    worker dies, the call it was running fails with `ActorDied`; with restarts left a new
+//!    worker dies, the call it was running fails with `ActorDied` (or, with restarts left
+//!    and `max_task_retries` not used up, goes back to the front of the calls); with restarts
+//!    left a new
 //!    worker re-runs the constructor (with the arguments it first got, kept alive meanwhile)
 //!    and the queued calls run there; without, queued and later calls fail with `ActorDied`.
 //!    Actor calls run even when nobody holds their result (made for their effect).
@@ -305,6 +307,8 @@ struct Actor {
     /// Method calls not started yet, in submission order.
     calls: VecDeque<Id>,
     restarts_left: u32,
+    /// Times a call running at a crash runs again after the restart.
+    max_task_retries: u32,
     /// Why it is gone for good; `None` while it lives or will restart.
     dead: Option<String>,
     /// Its object was freed: no handle or call can name it any more.
@@ -2244,7 +2248,10 @@ impl Scheduler {
 impl Scheduler {
     fn actor_submitted(&mut self, slot: Option<u32>, id: Id, call: ActorCall) {
         match call {
-            ActorCall::Create { max_restarts } => {
+            ActorCall::Create {
+                max_restarts,
+                max_task_retries,
+            } => {
                 let name = self
                     .tasks
                     .get(&id)
@@ -2260,6 +2267,7 @@ impl Scheduler {
                         constructed: false,
                         calls: VecDeque::new(),
                         restarts_left: max_restarts,
+                        max_task_retries,
                         dead: None,
                         freed: false,
                     },
@@ -2417,12 +2425,33 @@ impl Scheduler {
         a.slot = None;
         a.constructed = false;
         let name = a.name.clone();
+        let will_restart = a.dead.is_none() && !a.freed && a.restarts_left > 0;
+        let retries = a.max_task_retries;
+        // Calls to run again go back to the front, in their order (rule 8).
+        let mut again = Vec::new();
         for f in stack.iter().filter(|f| f.task != id) {
+            let retry = will_restart
+                && self
+                    .tasks
+                    .get(&f.task)
+                    .is_some_and(|t| t.attempts <= retries);
+            if retry {
+                if let Some(t) = self.tasks.get_mut(&f.task) {
+                    t.worker = None;
+                }
+                again.push(f.task);
+                continue;
+            }
             let err = Error::ActorDied {
                 actor: name.clone(),
                 reason: cause.to_string(),
             };
             self.finish_task(f.task, Err(err));
+        }
+        if let Some(a) = self.actors.get_mut(&id) {
+            for t in again.into_iter().rev() {
+                a.calls.push_front(t);
+            }
         }
         if let Some(t) = self.tasks.get_mut(&id) {
             t.worker = None;

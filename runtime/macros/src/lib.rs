@@ -591,6 +591,8 @@ fn expand_actor(item: proc_macro2::TokenStream) -> syn::Result<proc_macro2::Toke
         impl #opts_ty {
             /// See [`rayfork::ActorOptions::max_restarts`].
             pub fn max_restarts(self, n: u32) -> Self { #opts_ty(self.0.max_restarts(n)) }
+            /// See [`rayfork::ActorOptions::max_task_retries`].
+            pub fn max_task_retries(self, n: u32) -> Self { #opts_ty(self.0.max_task_retries(n)) }
             /// See [`rayfork::ActorOptions::name`].
             pub fn name(self, name: impl Into<String>) -> Self { #opts_ty(self.0.name(name)) }
             /// Starts the actor with these options.
