@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use rayfork::{ObjectRef, Runtime, remote};
-use rayfork_examples::{also, compare, section, store_used_after_drops, timed};
+use rayfork_examples::{also, compare, finish_sections, section, timed};
 
 fn main() -> rayfork::Result<()> {
     let rt = Runtime::builder().num_cpus(2).start()?;
@@ -28,11 +28,7 @@ fn main() -> rayfork::Result<()> {
     });
     r?;
     // Every ref above is dropped: the store must be empty again.
-    let used = store_used_after_drops(&rt)?;
-    println!("store bytes in use after all refs are dropped: {used}");
-    assert_eq!(used, 0);
-    println!("all sections done in {:.2} s", total.as_secs_f64());
-    Ok(())
+    finish_sections(&rt, total)
 }
 
 // ---------------------------------------------------------------------------------------------

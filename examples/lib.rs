@@ -47,3 +47,13 @@ pub fn store_used_after_drops(rt: &rayfork::Runtime) -> rayfork::Result<u64> {
     }
     Ok(used)
 }
+
+/// The end of an example made of sections: checks that the store is empty again now that every
+/// ref is dropped, and prints the total time.
+pub fn finish_sections(rt: &rayfork::Runtime, total: Duration) -> rayfork::Result<()> {
+    let used = store_used_after_drops(rt)?;
+    println!("store bytes in use after all refs are dropped: {used}");
+    assert_eq!(used, 0);
+    println!("all sections done in {:.2} s", total.as_secs_f64());
+    Ok(())
+}

@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use rayfork::{Runtime, remote};
-use rayfork_examples::{section, store_used_after_drops, timed};
+use rayfork_examples::{finish_sections, section, timed};
 
 /// The guide's `time.sleep(10)` in `slow_function`, scaled down 20x.
 const SLOW: Duration = Duration::from_millis(500);
@@ -29,11 +29,7 @@ fn main() -> rayfork::Result<()> {
     });
     r?;
     // Every ref above is dropped: the store must be empty again.
-    let used = store_used_after_drops(&rt)?;
-    println!("store bytes in use after all refs are dropped: {used}");
-    assert_eq!(used, 0);
-    println!("all sections done in {:.2} s", total.as_secs_f64());
-    Ok(())
+    finish_sections(&rt, total)
 }
 
 // ---------------------------------------------------------------------------------------------

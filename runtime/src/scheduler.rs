@@ -194,6 +194,21 @@ struct Object {
     waiters: Vec<Waiting>,
 }
 
+impl Object {
+    /// A pending object with the one reference of the handle that names it.
+    fn pending() -> Object {
+        Object {
+            refs: 1,
+            state: ObjState::Pending,
+            contained: Vec::new(),
+            stored: false,
+            sealed: false,
+            creator: None,
+            waiters: Vec::new(),
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 enum Waiting {
     Request(u64),
@@ -925,13 +940,10 @@ impl Scheduler {
                 self.objects.insert(
                     id,
                     Object {
-                        refs: 1,
                         state: ObjState::Ready(Payload::Inline(bytes)),
                         contained,
-                        stored: false,
                         sealed: true,
-                        creator: None,
-                        waiters: Vec::new(),
+                        ..Object::pending()
                     },
                 );
                 self.own(slot, id, 1);
@@ -1089,33 +1101,16 @@ impl Scheduler {
             .get(&self.task_of_return(id))
             .is_some_and(|t| t.worker.is_some() && t.worker == slot);
         let d = self.store.create(oid, size, client)?;
+        let created = Object {
+            stored: true,
+            creator: slot,
+            ..Object::pending()
+        };
         if orphan {
-            self.objects.insert(
-                id,
-                Object {
-                    refs: 0,
-                    state: ObjState::Pending,
-                    contained: Vec::new(),
-                    stored: true,
-                    sealed: false,
-                    creator: slot,
-                    waiters: Vec::new(),
-                },
-            );
+            self.objects.insert(id, Object { refs: 0, ..created });
             return Ok((d.offset, d.len));
         }
-        self.objects.insert(
-            id,
-            Object {
-                refs: 1,
-                state: ObjState::Pending,
-                contained: Vec::new(),
-                stored: true,
-                sealed: false,
-                creator: slot,
-                waiters: Vec::new(),
-            },
-        );
+        self.objects.insert(id, created);
         self.own(slot, id, 1);
         Ok((d.offset, d.len))
     }
@@ -1197,18 +1192,7 @@ impl Scheduler {
                 }
             }
         }
-        self.objects.insert(
-            id,
-            Object {
-                refs: 1,
-                state: ObjState::Pending,
-                contained: Vec::new(),
-                stored: false,
-                sealed: false,
-                creator: None,
-                waiters: Vec::new(),
-            },
-        );
+        self.objects.insert(id, Object::pending());
         self.own(slot, id, 1);
         self.add_extra_returns(slot, &spec);
         let parent = slot
@@ -1950,18 +1934,7 @@ impl Scheduler {
     /// handle (rule 5 in protocol.rs).
     fn add_extra_returns(&mut self, slot: Option<u32>, spec: &TaskSpec) {
         for &x in &spec.extra {
-            self.objects.insert(
-                x,
-                Object {
-                    refs: 1,
-                    state: ObjState::Pending,
-                    contained: Vec::new(),
-                    stored: false,
-                    sealed: false,
-                    creator: None,
-                    waiters: Vec::new(),
-                },
-            );
+            self.objects.insert(x, Object::pending());
             self.own(slot, x, 1);
             self.extra_of.insert(x, spec.ret);
         }
