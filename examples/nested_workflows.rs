@@ -84,6 +84,23 @@ fn reduce_chunks(
     })
 }
 
+/// The values of `runs` in order, under a node `name` whose children are their trees: the
+/// tail of both `level2`s.
+fn gather(name: &str, runs: Vec<Traced<i64>>) -> Traced<Vec<i64>> {
+    Traced {
+        value: runs.iter().map(|r| r.value).collect(),
+        tree: Node::here(name, runs.into_iter().map(|r| r.tree).collect()),
+    }
+}
+
+/// `r` under a node `name`: the top of both workflows.
+fn top(name: &str, r: Traced<Vec<i64>>) -> rayfork::Result<Traced<Vec<i64>>> {
+    Ok(Traced {
+        value: r.value,
+        tree: Node::here(name, vec![r.tree]),
+    })
+}
+
 /// Structure 1: nested dynamic workflows.
 mod nested_dynamics {
     use super::*;
@@ -123,10 +140,7 @@ mod nested_dynamics {
     fn level2(l: Vec<i64>) -> rayfork::Result<Traced<Vec<i64>>> {
         let refs: Vec<_> = l.into_iter().map(core_wf::remote).collect();
         let runs = rayfork::get_all(&refs)?;
-        Ok(Traced {
-            value: runs.iter().map(|r| r.value).collect(),
-            tree: Node::here("level2", runs.into_iter().map(|r| r.tree).collect()),
-        })
+        Ok(gather("level2", runs))
     }
 
     /// One `level2` per chunk (`rayfork::map`), then `reduce`.
@@ -138,11 +152,7 @@ mod nested_dynamics {
     /// The top-level workflow.
     #[remote]
     pub fn multi_wf(l: Vec<i64>, chunk: usize) -> rayfork::Result<Traced<Vec<i64>>> {
-        let r = rayfork::get(&level1::remote(l, chunk))?;
-        Ok(Traced {
-            value: r.value,
-            tree: Node::here("multi_wf", vec![r.tree]),
-        })
+        top("multi_wf", rayfork::get(&level1::remote(l, chunk))?)
     }
 }
 
@@ -164,10 +174,7 @@ mod mixed {
     fn level2(l: Vec<i64>) -> rayfork::Result<Traced<Vec<i64>>> {
         let n = l.len();
         let runs = rayfork::map_batched(mappable::remote, l, n)?;
-        Ok(Traced {
-            value: runs.iter().map(|r| r.value).collect(),
-            tree: Node::here("level2", runs.into_iter().map(|r| r.tree).collect()),
-        })
+        Ok(gather("level2", runs))
     }
 
     /// One `level2` per chunk (`rayfork::map`), then `reduce`.
@@ -179,11 +186,7 @@ mod mixed {
     /// The top-level workflow.
     #[remote]
     pub fn multi_wf(l: Vec<i64>, chunk: usize) -> rayfork::Result<Traced<Vec<i64>>> {
-        let r = rayfork::get(&level1::remote(l, chunk))?;
-        Ok(Traced {
-            value: r.value,
-            tree: Node::here("multi_wf", vec![r.tree]),
-        })
+        top("multi_wf", rayfork::get(&level1::remote(l, chunk))?)
     }
 }
 

@@ -92,10 +92,11 @@ impl CancelFlags {
     fn word(&self, i: u64) -> &AtomicU64 {
         assert!(i < WORDS, "cancel flag index out of range");
         let offset = (HEADER_SIZE + i * 8) as usize;
-        // SAFETY: the mapping is at least HEADER_SIZE + WORDS * 8 bytes (checked in `from_fd`,
-        // made so in `create`) and page aligned, so `offset` is in bounds and 8-byte aligned.
-        // The words are only ever accessed as atomics, by every process that maps them, and
-        // the mapping lives as long as `self`, which the returned reference borrows.
+        // The mapping is at least HEADER_SIZE + WORDS * 8 bytes (checked in `from_fd`, made so
+        // in `create`) and page aligned; its words are only ever accessed as atomics, by every
+        // process that maps them; it lives as long as `self`, which the reference borrows.
+        // SAFETY: `offset` is in bounds and 8-byte aligned, the word is atomic-only, and the
+        // mapping outlives the returned reference (all three as said just above).
         unsafe { &*self.mem.base().as_ptr().add(offset).cast::<AtomicU64>() }
     }
 

@@ -11,21 +11,44 @@ use std::sync::{Arc, Mutex, Weak};
 
 use rayfork_plasma::{Arena, Descriptor, ShmArena};
 
-use crate::protocol::{Id, Payload, Resolved, TaskSpec};
+use crate::protocol::{FromWorker, Id, Payload, Resolved, TaskSpec, ToWorker};
 use crate::{CancelMode, CancelOutcome, Error, Result};
 
 /// What the public API needs from a runtime, in a driver or in a worker.
 pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
+    /// Sends a request to the scheduler and waits for its answer (rule 1 in protocol.rs).
+    fn request(&self, msg: FromWorker) -> Result<ToWorker>;
     /// Submits a task (one-way).
     fn submit(&self, spec: TaskSpec) -> Result<()>;
     /// Waits for every id and returns their values.
-    fn get(&self, ids: &[Id], timeout_ms: Option<u64>) -> Result<Vec<Resolved>>;
+    fn get(&self, ids: &[Id], timeout_ms: Option<u64>) -> Result<Vec<Resolved>> {
+        let ids = ids.to_vec();
+        match self.request(FromWorker::Get { ids, timeout_ms })? {
+            ToWorker::GetReply(r) => r,
+            other => Err(unexpected("GetReply", other)),
+        }
+    }
     /// Waits until `num_ready` ids are ready; one flag per id.
-    fn wait(&self, ids: &[Id], num_ready: usize, timeout_ms: Option<u64>) -> Result<Vec<bool>>;
+    fn wait(&self, ids: &[Id], num_ready: usize, timeout_ms: Option<u64>) -> Result<Vec<bool>> {
+        let ids = ids.to_vec();
+        match self.request(FromWorker::Wait {
+            ids,
+            num_ready,
+            timeout_ms,
+        })? {
+            ToWorker::WaitReply(r) => Ok(r),
+            other => Err(unexpected("WaitReply", other)),
+        }
+    }
     /// Stores a small value under `id` (one-way).
     fn put_inline(&self, id: Id, bytes: Vec<u8>, contained: Vec<Id>) -> Result<()>;
     /// Creates an unsealed store object; returns (offset, len).
-    fn create(&self, id: Id, size: u64) -> Result<(u64, u64)>;
+    fn create(&self, id: Id, size: u64) -> Result<(u64, u64)> {
+        match self.request(FromWorker::Create { id, size })? {
+            ToWorker::Created(r) => r,
+            other => Err(unexpected("Created", other)),
+        }
+    }
     /// Seals an object created with `create`.
     fn seal(&self, id: Id, contained: Vec<Id>) -> Result<()>;
     /// Drops an unsealed object created with `create`.
@@ -36,17 +59,41 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
     /// the stream is full.
     fn yield_item(&self, task: Id, item: Id) -> Result<()>;
     /// The item at `index` of a generator's stream: `None` when it ended.
-    fn next_item(&self, stream: Id, index: u64) -> Result<Option<Id>>;
+    fn next_item(&self, stream: Id, index: u64) -> Result<Option<Id>> {
+        match self.request(FromWorker::NextItem { stream, index })? {
+            ToWorker::NextItemReply(r) => r,
+            other => Err(unexpected("NextItemReply", other)),
+        }
+    }
     /// Ends an actor's process (one-way).
     fn kill_actor(&self, actor: Id) -> Result<()>;
     /// Cancels the task that produces `id` (rule 9 in scheduler.rs).
-    fn cancel(&self, id: Id, mode: &CancelMode) -> Result<CancelOutcome>;
+    fn cancel(&self, id: Id, mode: &CancelMode) -> Result<CancelOutcome> {
+        match self.request(FromWorker::Cancel {
+            id,
+            force: mode.force,
+            recursive: mode.recursive,
+            grace_ms: mode.grace_ms(),
+        })? {
+            ToWorker::CancelReply(r) => r,
+            other => Err(unexpected("CancelReply", other)),
+        }
+    }
     /// The shared arena.
     fn arena(&self) -> &Arc<ShmArena>;
     /// A fresh object id (rule 3 in protocol.rs).
     fn new_id(&self) -> Id;
     /// Values up to this size travel inline.
     fn inline_max(&self) -> usize;
+}
+
+/// The error for an answer of the wrong kind. A failed request (the runtime shutting down)
+/// comes back as `GetReply(Err(e))` whatever was asked: that error is passed on.
+fn unexpected(want: &str, got: ToWorker) -> Error {
+    match got {
+        ToWorker::GetReply(Err(e)) => e,
+        other => Error::Protocol(format!("expected {want}, got {other:?}")),
+    }
 }
 
 /// A shared handle to a backend.

@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use crate::client::{Backend, BackendRef, IdGen};
 use crate::config::{Config, DEFAULT_INLINE_MAX};
 use crate::object_ref::{self, ObjectRef};
-use crate::protocol::{FromWorker, Id, Resolved, TaskSpec, ToWorker};
+use crate::protocol::{FromWorker, Id, TaskSpec, ToWorker};
 use crate::scheduler::{Doorbell, Event, RuntimeStats, Scheduler};
 use crate::{Array, ArrayMut, CancelMode, CancelOutcome, Error, Result};
 
@@ -43,7 +43,9 @@ impl DriverBackend {
     fn one_way(&self, msg: FromWorker) -> Result<()> {
         self.send(Event::Driver { msg, reply: None })
     }
+}
 
+impl Backend for DriverBackend {
     fn request(&self, msg: FromWorker) -> Result<ToWorker> {
         let (tx, rx) = channel();
         self.send(Event::Driver {
@@ -55,38 +57,9 @@ impl DriverBackend {
         // cancel took 2.1 ms instead of 0.6-0.9 ms) and did not shorten round trips.
         rx.recv().map_err(|_| Error::NoRuntime)
     }
-}
 
-impl Backend for DriverBackend {
     fn submit(&self, spec: TaskSpec) -> Result<()> {
         self.one_way(FromWorker::Submit(spec))
-    }
-
-    fn get(&self, ids: &[Id], timeout_ms: Option<u64>) -> Result<Vec<Resolved>> {
-        match self.request(FromWorker::Get {
-            ids: ids.to_vec(),
-            timeout_ms,
-        })? {
-            ToWorker::GetReply(Err(Error::Timeout { .. })) => Err(Error::Timeout {
-                millis: timeout_ms.unwrap_or(0),
-            }),
-            ToWorker::GetReply(r) => r,
-            other => Err(Error::Protocol(format!("expected GetReply, got {other:?}"))),
-        }
-    }
-
-    fn wait(&self, ids: &[Id], num_ready: usize, timeout_ms: Option<u64>) -> Result<Vec<bool>> {
-        match self.request(FromWorker::Wait {
-            ids: ids.to_vec(),
-            num_ready,
-            timeout_ms,
-        })? {
-            ToWorker::WaitReply(r) => Ok(r),
-            ToWorker::GetReply(Err(e)) => Err(e),
-            other => Err(Error::Protocol(format!(
-                "expected WaitReply, got {other:?}"
-            ))),
-        }
     }
 
     fn put_inline(&self, id: Id, bytes: Vec<u8>, contained: Vec<Id>) -> Result<()> {
@@ -95,14 +68,6 @@ impl Backend for DriverBackend {
             bytes,
             contained,
         })
-    }
-
-    fn create(&self, id: Id, size: u64) -> Result<(u64, u64)> {
-        match self.request(FromWorker::Create { id, size })? {
-            ToWorker::Created(r) => r,
-            ToWorker::GetReply(Err(e)) => Err(e),
-            other => Err(Error::Protocol(format!("expected Created, got {other:?}"))),
-        }
     }
 
     fn seal(&self, id: Id, contained: Vec<Id>) -> Result<()> {
@@ -123,33 +88,8 @@ impl Backend for DriverBackend {
         ))
     }
 
-    fn next_item(&self, stream: Id, index: u64) -> Result<Option<Id>> {
-        match self.request(FromWorker::NextItem { stream, index })? {
-            ToWorker::NextItemReply(r) => r,
-            ToWorker::GetReply(Err(e)) => Err(e),
-            other => Err(Error::Protocol(format!(
-                "expected NextItemReply, got {other:?}"
-            ))),
-        }
-    }
-
     fn kill_actor(&self, actor: Id) -> Result<()> {
         self.one_way(FromWorker::KillActor { actor })
-    }
-
-    fn cancel(&self, id: Id, mode: &CancelMode) -> Result<CancelOutcome> {
-        match self.request(FromWorker::Cancel {
-            id,
-            force: mode.force,
-            recursive: mode.recursive,
-            grace_ms: mode.grace_ms(),
-        })? {
-            ToWorker::CancelReply(r) => r,
-            ToWorker::GetReply(Err(e)) => Err(e),
-            other => Err(Error::Protocol(format!(
-                "expected CancelReply, got {other:?}"
-            ))),
-        }
     }
 
     fn arena(&self) -> &Arc<ShmArena> {

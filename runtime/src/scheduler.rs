@@ -261,6 +261,8 @@ struct Request {
     ids: Vec<Id>,
     kind: RequestKind,
     missing: usize,
+    /// Its timeout, for the `Timeout` error.
+    timeout_ms: Option<u64>,
 }
 
 #[derive(Clone)]
@@ -1042,12 +1044,7 @@ impl Scheduler {
                 }
             }
             if o.stored {
-                let oid = ObjectId::from_u128(id);
-                let _ = if o.sealed {
-                    self.store.delete(oid)
-                } else {
-                    self.store.abort(oid)
-                };
+                self.release_memory(id, o.sealed);
             }
             for c in o.contained {
                 if let Some(co) = self.objects.get_mut(&c) {
@@ -1072,6 +1069,17 @@ impl Scheduler {
                 }
             }
         }
+    }
+
+    /// Gives an object's store memory back: deleted if sealed (freed once unpinned), aborted
+    /// if its writer never sealed it.
+    fn release_memory(&mut self, id: Id, sealed: bool) {
+        let oid = ObjectId::from_u128(id);
+        let _ = if sealed {
+            self.store.delete(oid)
+        } else {
+            self.store.abort(oid)
+        };
     }
 
     fn create(&mut self, slot: Option<u32>, id: Id, size: u64) -> Result<(u64, u64), Error> {
@@ -1332,14 +1340,9 @@ impl Scheduler {
             Err(e) => {
                 o.state = ObjState::Failed(e);
                 if o.stored {
-                    let stored_sealed = o.sealed;
+                    let sealed = o.sealed;
                     o.stored = false;
-                    let oid = ObjectId::from_u128(id);
-                    let _ = if stored_sealed {
-                        self.store.delete(oid)
-                    } else {
-                        self.store.abort(oid)
-                    };
+                    self.release_memory(id, sealed);
                 }
             }
         }
@@ -1517,6 +1520,18 @@ impl Scheduler {
             ClientKey::Worker(s) => Some(s),
             ClientKey::Driver(_) => None,
         };
+        if matches!(kind, RequestKind::Next { .. } | RequestKind::YieldRoom) {
+            if let Some(st) = self.streams.get_mut(&ids[0]) {
+                st.waiting.push(rid);
+            }
+        }
+        for id in &ids {
+            if let Some(o) = self.objects.get_mut(id) {
+                if matches!(o.state, ObjState::Pending) {
+                    o.waiters.push(Waiting::Request(rid));
+                }
+            }
+        }
         self.requests.insert(
             rid,
             Request {
@@ -1524,24 +1539,9 @@ impl Scheduler {
                 ids,
                 kind,
                 missing,
+                timeout_ms,
             },
         );
-        let ids = self.requests[&rid].ids.clone();
-        if matches!(
-            self.requests[&rid].kind,
-            RequestKind::Next { .. } | RequestKind::YieldRoom
-        ) {
-            if let Some(st) = self.streams.get_mut(&ids[0]) {
-                st.waiting.push(rid);
-            }
-        }
-        for id in ids {
-            if let Some(o) = self.objects.get_mut(&id) {
-                if matches!(o.state, ObjState::Pending) {
-                    o.waiters.push(Waiting::Request(rid));
-                }
-            }
-        }
         if let Some(ms) = timeout_ms {
             self.deadlines.push(std::cmp::Reverse((
                 Instant::now() + Duration::from_millis(ms),
@@ -1566,6 +1566,7 @@ impl Scheduler {
         }
     }
 
+    /// Acts on the deadlines that passed.
     fn expire_deadlines(&mut self) {
         let now = Instant::now();
         while let Some(std::cmp::Reverse((t, rid))) = self.deadlines.peek().copied() {
@@ -1574,8 +1575,7 @@ impl Scheduler {
             }
             self.deadlines.pop();
             self.on_cancel_timer(rid);
-            if self.requests.contains_key(&rid) {
-                let ms = 0;
+            if let Some(ms) = self.requests.get(&rid).and_then(|r| r.timeout_ms) {
                 self.complete_request(rid, Some(ms));
             }
         }
@@ -2016,12 +2016,7 @@ impl Scheduler {
             o.stored = false;
             o.sealed = false;
             o.creator = None;
-            let oid = ObjectId::from_u128(id);
-            let _ = if sealed {
-                self.store.delete(oid)
-            } else {
-                self.store.abort(oid)
-            };
+            self.release_memory(id, sealed);
         }
     }
 
@@ -2336,6 +2331,9 @@ impl Scheduler {
 
     /// Starts the constructor or the next call of every actor whose worker is idle.
     fn dispatch_actors(&mut self) {
+        if self.actors.is_empty() {
+            return;
+        }
         let ids: Vec<Id> = self
             .actors
             .iter()

@@ -19,10 +19,8 @@ use rayfork_plasma::ShmArena;
 use crate::cancel_flags::{self, CancelFlags};
 use crate::client::{Backend, IdGen, RefQueue};
 use crate::ipc::{FrameReader, FrameWriter};
-use crate::protocol::{
-    FromWorker, Id, Outcome, Payload, Resolved, ReturnValue, TaskSpec, ToWorker,
-};
-use crate::{CancelMode, CancelOutcome, Error, Result, ipc, registry};
+use crate::protocol::{FromWorker, Id, Outcome, Payload, ReturnValue, TaskSpec, ToWorker};
+use crate::{Error, Result, ipc, registry};
 
 /// The entry point of an external worker program (see `Config::worker_program`).
 ///
@@ -187,33 +185,6 @@ impl WorkerBackend {
         Ok(())
     }
 
-    /// Sends a request and waits for its answer, running nested tasks the scheduler hands us
-    /// meanwhile (rule 2 in protocol.rs).
-    fn request(&self, msg: FromWorker) -> Result<ToWorker> {
-        self.check_thread()?;
-        self.send(msg)
-            .map_err(|e| Error::os("send to scheduler", e))?;
-        loop {
-            match self.recv() {
-                Ok(Some(ToWorker::Run {
-                    task,
-                    func,
-                    name,
-                    args,
-                    extra,
-                })) => self
-                    .run_task(task, &func, &name, args, &extra)
-                    .map_err(|e| Error::os("send to scheduler", e))?,
-                Ok(Some(ToWorker::Exit)) | Ok(None) => {
-                    // The driver is gone; nothing this task computes can be delivered.
-                    std::process::exit(0)
-                }
-                Ok(Some(reply)) => return Ok(reply),
-                Err(e) => return Err(Error::os("receive from scheduler", e)),
-            }
-        }
-    }
-
     fn run_task(
         &self,
         task: Id,
@@ -354,33 +325,37 @@ impl WorkerBackend {
 }
 
 impl Backend for WorkerBackend {
+    /// Sends a request and waits for its answer, running nested tasks the scheduler hands us
+    /// meanwhile (rule 2 in protocol.rs).
+    fn request(&self, msg: FromWorker) -> Result<ToWorker> {
+        self.check_thread()?;
+        self.send(msg)
+            .map_err(|e| Error::os("send to scheduler", e))?;
+        loop {
+            match self.recv() {
+                Ok(Some(ToWorker::Run {
+                    task,
+                    func,
+                    name,
+                    args,
+                    extra,
+                })) => self
+                    .run_task(task, &func, &name, args, &extra)
+                    .map_err(|e| Error::os("send to scheduler", e))?,
+                Ok(Some(ToWorker::Exit)) | Ok(None) => {
+                    // The driver is gone; nothing this task computes can be delivered.
+                    std::process::exit(0)
+                }
+                Ok(Some(reply)) => return Ok(reply),
+                Err(e) => return Err(Error::os("receive from scheduler", e)),
+            }
+        }
+    }
+
     fn submit(&self, spec: TaskSpec) -> Result<()> {
         self.check_thread()?;
         self.send(FromWorker::Submit(spec))
             .map_err(|e| Error::os("send to scheduler", e))
-    }
-
-    fn get(&self, ids: &[Id], timeout_ms: Option<u64>) -> Result<Vec<Resolved>> {
-        match self.request(FromWorker::Get {
-            ids: ids.to_vec(),
-            timeout_ms,
-        })? {
-            ToWorker::GetReply(r) => r,
-            other => Err(Error::Protocol(format!("expected GetReply, got {other:?}"))),
-        }
-    }
-
-    fn wait(&self, ids: &[Id], num_ready: usize, timeout_ms: Option<u64>) -> Result<Vec<bool>> {
-        match self.request(FromWorker::Wait {
-            ids: ids.to_vec(),
-            num_ready,
-            timeout_ms,
-        })? {
-            ToWorker::WaitReply(r) => Ok(r),
-            other => Err(Error::Protocol(format!(
-                "expected WaitReply, got {other:?}"
-            ))),
-        }
     }
 
     fn put_inline(&self, id: Id, bytes: Vec<u8>, contained: Vec<Id>) -> Result<()> {
@@ -391,13 +366,6 @@ impl Backend for WorkerBackend {
             contained,
         })
         .map_err(|e| Error::os("send to scheduler", e))
-    }
-
-    fn create(&self, id: Id, size: u64) -> Result<(u64, u64)> {
-        match self.request(FromWorker::Create { id, size })? {
-            ToWorker::Created(r) => r,
-            other => Err(Error::Protocol(format!("expected Created, got {other:?}"))),
-        }
     }
 
     fn seal(&self, id: Id, contained: Vec<Id>) -> Result<()> {
@@ -424,33 +392,10 @@ impl Backend for WorkerBackend {
         }
     }
 
-    fn next_item(&self, stream: Id, index: u64) -> Result<Option<Id>> {
-        match self.request(FromWorker::NextItem { stream, index })? {
-            ToWorker::NextItemReply(r) => r,
-            other => Err(Error::Protocol(format!(
-                "expected NextItemReply, got {other:?}"
-            ))),
-        }
-    }
-
     fn kill_actor(&self, actor: Id) -> Result<()> {
         self.check_thread()?;
         self.send(FromWorker::KillActor { actor })
             .map_err(|e| Error::os("send to scheduler", e))
-    }
-
-    fn cancel(&self, id: Id, mode: &CancelMode) -> Result<CancelOutcome> {
-        match self.request(FromWorker::Cancel {
-            id,
-            force: mode.force,
-            recursive: mode.recursive,
-            grace_ms: mode.grace_ms(),
-        })? {
-            ToWorker::CancelReply(r) => r,
-            other => Err(Error::Protocol(format!(
-                "expected CancelReply, got {other:?}"
-            ))),
-        }
     }
 
     fn arena(&self) -> &Arc<ShmArena> {
