@@ -2,7 +2,7 @@
 //! [`is_cancelled`], [`cancel_on_timeout`]).
 //!
 //! Owns what a caller asks for and what a task sees; the scheduler does the work (rule 9 in
-//! scheduler.rs) and the shared flags live in `cancel_flags`.
+//! scheduler.rs) and the shared flags live in `shared_flags`.
 
 use std::time::Duration;
 

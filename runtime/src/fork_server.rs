@@ -37,7 +37,7 @@ use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork, getppid};
 
-use crate::cancel_flags::CancelFlags;
+use crate::shared_flags::SharedFlags;
 use crate::protocol::{ExitCause, ForkReply, ForkRequest};
 use crate::{Error, Result, ipc, worker};
 
@@ -119,7 +119,7 @@ fn fork_server_from_env() -> Result<()> {
     let arena = std::sync::Arc::new(
         rayfork_plasma::ShmArena::from_fd(arena).map_err(|e| Error::os("attach arena", e))?,
     );
-    let flags = std::sync::Arc::new(CancelFlags::from_fd(flags)?);
+    let flags = std::sync::Arc::new(SharedFlags::from_fd(flags)?);
     serve(ctrl, arena, flags)
 }
 
@@ -127,7 +127,7 @@ fn fork_server_from_env() -> Result<()> {
 fn serve(
     ctrl: OwnedFd,
     arena: std::sync::Arc<rayfork_plasma::ShmArena>,
-    flags: std::sync::Arc<CancelFlags>,
+    flags: std::sync::Arc<SharedFlags>,
 ) -> Result<()> {
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
@@ -265,7 +265,7 @@ fn spawn_worker(
     inherited: &[RawFd],
     mask: &SigSet,
     arena: &std::sync::Arc<rayfork_plasma::ShmArena>,
-    flags: &std::sync::Arc<CancelFlags>,
+    flags: &std::sync::Arc<SharedFlags>,
 ) -> Result<(i32, OwnedFd, OwnedFd)> {
     let (driver_end, worker_end) = socketpair(
         AddressFamily::Unix,

@@ -44,6 +44,16 @@
 //! scheduler, which runs queued tasks on idle workers, forks more workers (up to
 //! [`Config::max_workers`]) or runs them nested on the blocked worker: no deadlock.
 //!
+//! # Pipelining
+//! When every worker is busy, the scheduler sends a few more small tasks to each (up to 4) to
+//! start as soon as the running one ends, with no round trip in between: a worker runs a stream
+//! of tiny tasks back to back. A queued task has not started and holds no CPU; the scheduler
+//! takes it back (one atomic swap in shared memory, no message) when another worker goes idle,
+//! when the running task blocks in `get` (it may be waiting for that very task), or when it is
+//! cancelled; if the worker dies it runs elsewhere without using a retry. Tasks with GPUs,
+//! custom resources, `max_calls` or streaming are never queued this way. Actor calls are
+//! queued on the actor's process the same way, in order. [`RuntimeStats`] counts them.
+//!
 //! # Multiple returns
 //! `#[remote(num_returns = 3)]` on a function returning a 3-tuple (or a `Result` of one) makes
 //! `f::remote(..)` return three refs, one per element; each resolves on its own and can be passed
@@ -147,7 +157,7 @@
 mod actor;
 mod array;
 mod cancel;
-mod cancel_flags;
+mod shared_flags;
 mod client;
 mod codec;
 mod config;

@@ -20,6 +20,13 @@
 //!    one reference held by the submitter's handle. Its `Done` carries `Outcome::Many` with
 //!    exactly N values, in order; value i is inline or was written to the store under return
 //!    id i. An `Err` outcome (or a crash) fails all N objects.
+//! 6. Queued tasks. The driver may send `Queue` to a worker that runs a task, to start when its
+//!    stack is empty. The worker keeps queued tasks in arrival order, with any `Run` that comes
+//!    while it holds some (a `Run` received blocked in a request is a nested run, rule 2, and
+//!    runs at once). Each time its stack is empty it takes the first: a `Run` runs; a `Queue`
+//!    runs only if the worker wins its claim cell (`SharedFlags::take`, shared_flags.rs), and
+//!    is dropped unanswered otherwise: the driver took it back. So the tasks that run start in
+//!    the order they were sent, one after each `Done` that empties the stack.
 
 use serde::{Deserialize, Serialize};
 
@@ -179,18 +186,25 @@ pub struct ReturnValue {
     pub contained: Vec<Id>,
 }
 
+/// A task to run, with its arguments resolved.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct RunTask {
+    pub task: Id,
+    pub func: String,
+    pub name: String,
+    pub args: Vec<Payload>,
+    /// The task's extra return ids (rule 5), where large values are stored.
+    pub extra: Vec<Id>,
+}
+
 /// Driver -> worker.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ToWorker {
-    /// Run a task with its arguments resolved.
-    Run {
-        task: Id,
-        func: String,
-        name: String,
-        args: Vec<Payload>,
-        /// The task's extra return ids (rule 5), where large values are stored.
-        extra: Vec<Id>,
-    },
+    /// Run a task now: on an idle worker, or nested on a blocked one (rule 2).
+    Run(RunTask),
+    /// Run a task once the stack is empty, if the claim cell `cell` still holds `ticket`
+    /// (rule 6).
+    Queue { run: RunTask, cell: u32, ticket: u64 },
     /// The answer to `Get`: one entry per id, in order.
     GetReply(Result<Vec<Resolved>, Error>),
     /// The answer to `Wait`: one readiness flag per id.

@@ -51,7 +51,7 @@
 //!    Actor calls run even when nobody holds their result (made for their effect).
 //! 9. Cancelling a task that has not started (queued, waiting for its arguments or for a retry)
 //!    removes it: it resolves to `TaskCancelled` at once and never runs. A running task is
-//!    marked cancelled and the flag of its own frame is raised (cancel_flags.rs); whatever it
+//!    marked cancelled and the flag of its own frame is raised (shared_flags.rs); whatever it
 //!    returns then, it resolves to `TaskCancelled`. If it still runs when the grace period ends
 //!    (at once with `force`) its worker is killed. A cancelled task lost with its worker resolves
 //!    to `TaskCancelled` and is never retried (rule 4 does not apply to it); the other frames of
@@ -68,6 +68,18 @@
 //!     and its frame counts as blocked meanwhile (rule 1). The end of the task ends the stream
 //!     (its count, or its error after the items yielded before it); a generator is never
 //!     retried. The stream and its untaken items are freed with the task's object.
+//! 11. Pipelining. When no idle worker can take a queued task and no blocked frame waits to
+//!     resume, a plain task (no GPUs, custom resources, `max_calls` or streaming) may be
+//!     queued on a pool worker that runs one plain frame with the same CPUs, up to
+//!     `PIPELINE_DEPTH` per worker; an actor's next calls may be queued on its worker the
+//!     same way. A queued task holds nothing and has not started: it starts (takes the CPUs
+//!     of the frame it follows, uses an attempt) on the `Done` that empties the worker's stack,
+//!     in the order it was sent (rule 6 in protocol.rs). The scheduler takes queued tasks back
+//!     through their claim cells (shared_flags.rs), and those the worker has not claimed go
+//!     back to the front of the queue: all of them when the frame blocks (so a task can wait
+//!     for one queued behind it) or when a frame waits to resume (rule 1), the newest when
+//!     another worker is idle, one that is cancelled. When the worker dies they go back too,
+//!     with no attempt used.
 
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -85,13 +97,13 @@ use nix::sys::time::TimeSpec;
 
 use rayfork_plasma::{ClientId, ObjectId, ShmArena, Store};
 
-use crate::cancel_flags::CancelFlags;
+use crate::shared_flags::{self, SharedFlags};
 use crate::config::Config;
 use crate::idmap::IdMap;
 use crate::ipc::{FrameReader, FrameWriter};
 use crate::protocol::{
     ActorCall, Arg, ExitCause, ForkReply, ForkRequest, FromWorker, Id, Outcome, Payload, Resolved,
-    TaskOpts, TaskSpec, ToWorker,
+    RunTask, TaskOpts, TaskSpec, ToWorker,
 };
 use crate::{CancelOutcome, Error, fork_server, ipc};
 
@@ -168,6 +180,12 @@ pub struct RuntimeStats {
     pub peak_workers: usize,
     /// Workers retired after reaching a task's `max_calls` (rule 7).
     pub workers_retired: u64,
+    /// Tasks sent to wait on a busy worker (rule 11).
+    pub queued: u64,
+    /// Tasks started from a busy worker's queue, without a round trip (rule 11).
+    pub pipelined: u64,
+    /// Queued tasks taken back from a worker before it started them (rule 11).
+    pub taken_back: u64,
 }
 
 enum Client {
@@ -220,7 +238,10 @@ struct Task {
     name: String,
     missing: usize,
     attempts: u32,
+    /// The worker it runs on, or is queued on (rule 11).
     worker: Option<u32>,
+    /// Queued on `worker`, not started (rule 11).
+    queued: bool,
     parent: Option<Id>,
 }
 
@@ -280,6 +301,35 @@ struct Frame {
     blocked: Option<u64>,
     /// The answer to its request, held until the frame is on top and has CPUs (rule 1).
     pending: Option<ToWorker>,
+    /// For a frame at the bottom of the stack: the sequence number of the last task queued on
+    /// the worker before this frame's task was sent (rule 11). When it is done, every queued
+    /// task up to that one is settled on the worker's side.
+    mark: u64,
+}
+
+impl Frame {
+    fn new(task: Id, cpus: f64, other: Held, mark: u64) -> Frame {
+        Frame {
+            task,
+            cpus,
+            other,
+            blocked: None,
+            pending: None,
+            mark,
+        }
+    }
+}
+
+/// A task queued on a busy worker (rule 11).
+#[derive(Clone, Copy)]
+struct Queued {
+    task: Id,
+    /// Its place in the worker's sequence of queued tasks (from 1); picks its claim cell.
+    seq: u64,
+    /// The value armed in the claim cell: unique over the runtime's life.
+    ticket: u64,
+    /// The CPUs it takes when it starts (those of the frame it follows).
+    cpus: f64,
 }
 
 struct Worker {
@@ -301,6 +351,30 @@ struct Worker {
     retiring: bool,
     /// Sent `Exit`: its end is a retirement (rule 7).
     retired: bool,
+    /// Its lane of claim cells, if one was free when it was forked (rule 11).
+    lane: Option<u32>,
+    /// Tasks queued on it, in the order sent (rule 11).
+    queued: VecDeque<Queued>,
+    /// The sequence number of the last task queued on it.
+    last_seq: u64,
+    /// Every task queued on it up to this sequence number is settled on its side (claimed or
+    /// dropped), so their claim cells may be armed again.
+    settled: u64,
+}
+
+impl Worker {
+    /// True if a task needing `cpus` can be queued behind its running frame (rule 11).
+    fn can_queue(&self, cpus: f64) -> bool {
+        self.lane.is_some()
+            && self.ready
+            && self.stream.is_some()
+            && !self.retiring
+            && self.stack.len() == 1
+            && self.stack[0].blocked.is_none()
+            && (self.stack[0].cpus - cpus).abs() < EPS
+            && self.queued.len() < PIPELINE_DEPTH
+            && self.last_seq + 1 - self.settled <= shared_flags::RING
+    }
 }
 
 /// GPUs and custom resources of a task (rule 1).
@@ -371,32 +445,43 @@ pub(crate) struct Scheduler {
     cancel: Cancels,
     /// The last stderr lines of workers that just exited, by pid, until their death is handled.
     stderr_tails: HashMap<i32, Vec<String>>,
+    /// Lanes of claim cells not lent to a worker (rule 11).
+    free_lanes: Vec<u32>,
+    /// The last ticket armed in a claim cell.
+    last_ticket: u64,
 }
 
 /// What the scheduler keeps for cancellation (rule 9).
 struct Cancels {
     /// The shared flags that `rayfork::is_cancelled()` reads.
-    flags: CancelFlags,
+    flags: SharedFlags,
     /// Tasks cancelled while running: they resolve to `TaskCancelled` when they stop.
     running: HashSet<Id>,
     /// Kill timers: deadline key (from `next_request`, in `deadlines`) -> (worker, task).
     timers: HashMap<u64, (u32, Id)>,
+    /// Queued tasks cancelled after their worker claimed them: (force, grace), applied when
+    /// they start (rule 11).
+    on_start: HashMap<Id, (bool, Duration)>,
     /// Workers killed to stop a cancelled task, until their death is handled.
     killed: HashSet<u32>,
 }
 
 impl Cancels {
-    fn new(flags: CancelFlags) -> Self {
+    fn new(flags: SharedFlags) -> Self {
         Cancels {
             flags,
             running: HashSet::new(),
             timers: HashMap::new(),
+            on_start: HashMap::new(),
             killed: HashSet::new(),
         }
     }
 }
 
 const EPS: f64 = 1e-9;
+
+/// Tasks queued on one busy worker at most (rule 11).
+const PIPELINE_DEPTH: usize = 4;
 
 /// How long the scheduler does not spin after asking the fork server for a fork or a kill: the
 /// fork server needs a CPU to do it (and to reap and report), and on 2 CPUs a spinning
@@ -416,7 +501,7 @@ impl Scheduler {
             Some(p) => p.clone(),
             None => std::env::current_exe().map_err(|e| Error::os("find own executable", e))?,
         };
-        let flags = CancelFlags::create()?;
+        let flags = SharedFlags::create()?;
         let (fork_child, fork) =
             fork_server::spawn(&program, arena.fd().as_raw_fd(), flags.fd().as_raw_fd())?;
         let mut s = Scheduler {
@@ -449,6 +534,8 @@ impl Scheduler {
             unflushed: Vec::new(),
             cancel: Cancels::new(flags),
             stderr_tails: HashMap::new(),
+            free_lanes: (0..shared_flags::LANES).rev().collect(),
+            last_ticket: 0,
         };
         for _ in 0..s.cfg.initial_workers() {
             s.spawn_worker();
@@ -705,6 +792,10 @@ impl Scheduler {
                     calls: HashMap::new(),
                     retiring: false,
                     retired: false,
+                    lane: self.free_lanes.pop(),
+                    queued: VecDeque::new(),
+                    last_seq: 0,
+                    settled: 0,
                 },
             );
             self.stats.workers_started += 1;
@@ -745,7 +836,11 @@ impl Scheduler {
             }
             ForkReply::SpawnFailed { worker, message } => {
                 eprintln!("rayfork: forking worker {worker} failed: {message}");
-                match self.workers.remove(&worker).and_then(|w| w.actor) {
+                let gone = self.workers.remove(&worker);
+                if let Some(lane) = gone.as_ref().and_then(|w| w.lane) {
+                    self.free_lanes.push(lane);
+                }
+                match gone.and_then(|w| w.actor) {
                     Some(a) => {
                         if let Some(actor) = self.actors.get_mut(&a) {
                             actor.slot = None;
@@ -826,6 +921,25 @@ impl Scheduler {
             self.release_other(&f.other);
         }
         let crash = self.crash_cause(w.pid, cause);
+        if let Some(lane) = w.lane {
+            self.free_lanes.push(lane);
+        }
+        // Rule 11: its queued tasks never started; they go back in order, no attempt used.
+        for q in w.queued.iter().rev() {
+            let Some(t) = self.tasks.get_mut(&q.task) else {
+                continue;
+            };
+            t.worker = None;
+            t.queued = false;
+            if self.cancel.on_start.remove(&q.task).is_some() {
+                let err = Error::TaskCancelled {
+                    task: t.name.clone(),
+                };
+                self.finish_task(q.task, Err(err));
+            } else {
+                self.requeue_front(q.task);
+            }
+        }
         if let Some(actor) = w.actor {
             // A cancelled call resolves as cancelled (rule 9); the others die with the actor.
             for f in &w.stack {
@@ -1216,6 +1330,7 @@ impl Scheduler {
                     missing: 0,
                     attempts: 0,
                     worker: None,
+                    queued: false,
                     parent,
                 },
             );
@@ -1242,6 +1357,7 @@ impl Scheduler {
                                 missing: 0,
                                 attempts: 0,
                                 worker: None,
+                                queued: false,
                                 parent,
                             },
                         );
@@ -1270,6 +1386,7 @@ impl Scheduler {
                 missing,
                 attempts: 0,
                 worker: None,
+                queued: false,
                 parent,
             },
         );
@@ -1386,11 +1503,12 @@ impl Scheduler {
                 }
             }
         }
-        let frame = self
-            .workers
-            .get_mut(&slot)
-            .and_then(|w| w.stack.pop())
-            .expect("checked above");
+        let w = self.workers.get_mut(&slot).expect("checked above");
+        let frame = w.stack.pop().expect("checked above");
+        if w.stack.is_empty() {
+            // Every task queued before this one was sent is settled on the worker (rule 11).
+            w.settled = w.settled.max(frame.mark);
+        }
         self.cpus_used -= frame.cpus;
         if self.cpus_used < EPS {
             self.cpus_used = 0.0;
@@ -1415,7 +1533,8 @@ impl Scheduler {
         self.after_pop(slot);
     }
 
-    /// After a frame left a worker: resume the frame below, or mark the worker idle.
+    /// After a frame left a worker: resume the frame below, or start its next queued task
+    /// (rule 11), or mark the worker idle.
     fn after_pop(&mut self, slot: u32) {
         let Some(w) = self.workers.get(&slot) else {
             return;
@@ -1424,6 +1543,12 @@ impl Scheduler {
             if f.pending.is_some() && !self.resume.contains(&slot) {
                 self.resume.push_back(slot);
             }
+        } else if !w.queued.is_empty() {
+            // Rule 1 first: a frame waiting to resume gets the CPUs its queued tasks would take.
+            if w.actor.is_none() && !self.resume.is_empty() {
+                self.take_back_all(slot);
+            }
+            self.start_queued(slot);
         }
         self.retire_if_done(slot);
     }
@@ -1563,6 +1688,11 @@ impl Scheduler {
             if self.cpus_used < EPS {
                 self.cpus_used = 0.0;
             }
+            // Rule 11: a blocked frame may wait for a task queued behind it; none of them can
+            // have been claimed, the worker's stack is not empty.
+            if self.take_back_all(slot) > 0 {
+                self.kill_worker(slot, "claimed a queued task while a frame was on its stack");
+            }
         }
     }
 
@@ -1662,6 +1792,13 @@ impl Scheduler {
     }
 
     fn dispatch(&mut self) {
+        self.dispatch_ready();
+        self.balance();
+        self.pipeline();
+    }
+
+    /// Starts queued tasks on idle workers (rules 1, 2).
+    fn dispatch_ready(&mut self) {
         if !self.fork_alive && !self.queue.is_empty() {
             // Nothing can run any more (the fork server's death failed what was queued then).
             for t in std::mem::take(&mut self.queue) {
@@ -1698,19 +1835,7 @@ impl Scheduler {
             let task = self.queue[pos];
             let cpus = self.task_cpus(task);
             // Rule 2: an idle worker, else a new one, else a blocked one.
-            let idle = self
-                .workers
-                .iter()
-                .filter(|(_, w)| {
-                    w.actor.is_none()
-                        && w.ready
-                        && w.stream.is_some()
-                        && w.stack.is_empty()
-                        && !w.retiring
-                })
-                .map(|(&s, _)| s)
-                .min();
-            let slot = match idle {
+            let slot = match self.idle_worker() {
                 Some(s) => s,
                 None => {
                     // Fork as many workers as the queued tasks could use now (free CPUs,
@@ -1755,10 +1880,28 @@ impl Scheduler {
         }
     }
 
-    fn start_task(&mut self, slot: u32, id: Id, cpus: f64) {
+    /// The lowest idle pool worker, if any.
+    fn idle_worker(&self) -> Option<u32> {
+        self.workers
+            .iter()
+            .filter(|(_, w)| {
+                w.actor.is_none()
+                    && w.ready
+                    && w.stream.is_some()
+                    && w.stack.is_empty()
+                    && !w.retiring
+            })
+            .map(|(&s, _)| s)
+            .min()
+    }
+
+    /// The task to run, with its arguments resolved; the error of an argument that failed.
+    fn run_message(&mut self, id: Id) -> Result<RunTask, Error> {
         let mut args = Vec::new();
         let mut failed = None;
-        let Some(t) = self.tasks.get(&id) else { return };
+        let Some(t) = self.tasks.get(&id) else {
+            return Err(Error::Protocol(format!("task {id:x} is unknown")));
+        };
         for a in &t.spec.args {
             match a {
                 Arg::Value { bytes, .. } => args.push(Payload::Inline(bytes.clone())),
@@ -1774,38 +1917,214 @@ impl Scheduler {
             }
         }
         if let Some(e) = failed {
-            return self.finish_task(id, Err(e));
+            return Err(e);
         }
-        if matches!(t.spec.actor, Some(ActorCall::Create { .. })) {
-            self.keep_ctor(id, &args);
-        }
-        let t = self.tasks.get_mut(&id).expect("checked above");
-        t.attempts += 1;
-        t.worker = Some(slot);
-        let msg = ToWorker::Run {
+        let run = RunTask {
             task: id,
             func: t.spec.func.clone(),
             name: t.name.clone(),
             args,
             extra: t.spec.extra.clone(),
         };
-        let _ = t.parent;
+        if matches!(t.spec.actor, Some(ActorCall::Create { .. })) {
+            self.keep_ctor(id, &run.args);
+        }
+        Ok(run)
+    }
+
+    fn start_task(&mut self, slot: u32, id: Id, cpus: f64) {
+        let run = match self.run_message(id) {
+            Ok(run) => run,
+            Err(e) => return self.finish_task(id, Err(e)),
+        };
+        let t = self.tasks.get_mut(&id).expect("run_message found it");
+        t.attempts += 1;
+        t.worker = Some(slot);
+        t.queued = false;
         let other = Held {
             gpus: t.spec.opts.num_gpus,
             custom: t.spec.opts.resources.clone(),
         };
         self.acquire_other(&other);
         if let Some(w) = self.workers.get_mut(&slot) {
-            w.stack.push(Frame {
-                task: id,
-                cpus,
-                other,
-                blocked: None,
-                pending: None,
-            });
+            w.stack.push(Frame::new(id, cpus, other, w.last_seq));
         }
         self.cpus_used += cpus;
+        self.send_to(slot, &ToWorker::Run(run));
+    }
+
+    // ---- pipelining (rule 11) ----
+
+    /// Queues plain tasks from the front of the queue on busy pool workers (rule 11), when no
+    /// frame waits to resume and no worker is being forked for them.
+    fn pipeline(&mut self) {
+        if !self.resume.is_empty() || self.spawning > 0 {
+            return;
+        }
+        while let Some(&task) = self.queue.front() {
+            let Some(t) = self.tasks.get(&task) else {
+                self.queue.pop_front();
+                continue;
+            };
+            let o = &t.spec.opts;
+            let plain = o.num_gpus == 0.0
+                && o.resources.is_empty()
+                && o.max_calls == 0
+                && o.streaming.is_none()
+                && t.spec.actor.is_none();
+            if !plain {
+                return;
+            }
+            let cpus = o.num_cpus;
+            // Not behind a frame whose `max_calls` may retire the worker (rule 7).
+            let target = self
+                .workers
+                .iter()
+                .filter(|(_, w)| {
+                    w.actor.is_none()
+                        && w.can_queue(cpus)
+                        && self
+                            .tasks
+                            .get(&w.stack[0].task)
+                            .is_some_and(|t| t.spec.opts.max_calls == 0)
+                })
+                .min_by_key(|&(&s, w)| (w.queued.len(), s))
+                .map(|(&s, _)| s);
+            let Some(slot) = target else { return };
+            self.queue.pop_front();
+            self.queue_on(slot, task, cpus);
+        }
+    }
+
+    /// Arms a claim cell for `id` and sends it to wait on busy worker `slot` (rule 11).
+    fn queue_on(&mut self, slot: u32, id: Id, cpus: f64) {
+        let run = match self.run_message(id) {
+            Ok(run) => run,
+            Err(e) => return self.finish_task(id, Err(e)),
+        };
+        let Some(w) = self.workers.get_mut(&slot) else {
+            return;
+        };
+        let Some(lane) = w.lane else { return };
+        w.last_seq += 1;
+        self.last_ticket += 1;
+        let q = Queued {
+            task: id,
+            seq: w.last_seq,
+            ticket: self.last_ticket,
+            cpus,
+        };
+        w.queued.push_back(q);
+        self.stats.queued += 1;
+        let cell = shared_flags::cell(lane, q.seq);
+        self.cancel.flags.arm(cell, q.ticket);
+        if let Some(t) = self.tasks.get_mut(&id) {
+            t.worker = Some(slot);
+            t.queued = true;
+        }
+        let msg = ToWorker::Queue {
+            run,
+            cell,
+            ticket: q.ticket,
+        };
         self.send_to(slot, &msg);
+    }
+
+    /// Starts the first task queued on `slot`, whose stack just emptied (rule 11). The worker
+    /// claimed it or will: the scheduler took back every one it could not have claimed.
+    fn start_queued(&mut self, slot: u32) {
+        let Some(w) = self.workers.get_mut(&slot) else {
+            return;
+        };
+        if !w.stack.is_empty() {
+            return;
+        }
+        let Some(q) = w.queued.pop_front() else {
+            return;
+        };
+        w.stack.push(Frame::new(q.task, q.cpus, Held::default(), q.seq));
+        self.cpus_used += q.cpus;
+        self.stats.pipelined += 1;
+        if let Some(t) = self.tasks.get_mut(&q.task) {
+            t.attempts += 1;
+            t.queued = false;
+        }
+        if let Some((force, grace)) = self.cancel.on_start.remove(&q.task) {
+            self.cancel_one(q.task, force, grace);
+        }
+    }
+
+    /// Takes back the task at `index` of `slot`'s queue if the worker has not claimed it; it
+    /// then belongs to no worker (the caller says where it goes).
+    fn take_back_one(&mut self, slot: u32, index: usize) -> bool {
+        let Some(w) = self.workers.get_mut(&slot) else {
+            return false;
+        };
+        let (Some(lane), Some(&q)) = (w.lane, w.queued.get(index)) else {
+            return false;
+        };
+        if !self.cancel.flags.take(shared_flags::cell(lane, q.seq), q.ticket) {
+            return false;
+        }
+        w.queued.remove(index);
+        self.stats.taken_back += 1;
+        if let Some(t) = self.tasks.get_mut(&q.task) {
+            t.worker = None;
+            t.queued = false;
+        }
+        true
+    }
+
+    /// Takes back every task queued on `slot` that the worker has not claimed; they go back
+    /// to the front of the queue (or of their actor's calls), in order. Returns how many stay
+    /// (claimed: they start in order as the worker's stack empties).
+    fn take_back_all(&mut self, slot: u32) -> usize {
+        let n = self.workers.get(&slot).map_or(0, |w| w.queued.len());
+        let mut back = Vec::new();
+        for i in (0..n).rev() {
+            let task = self.workers[&slot].queued[i].task;
+            if self.take_back_one(slot, i) {
+                back.push(task);
+            }
+        }
+        // Newest first: pushing each to the front leaves them in their order.
+        for task in back {
+            self.requeue_front(task);
+        }
+        self.workers.get(&slot).map_or(0, |w| w.queued.len())
+    }
+
+    /// Puts an unstarted task back at the front of the queue, or of its actor's calls.
+    fn requeue_front(&mut self, task: Id) {
+        match self.tasks.get(&task).and_then(|t| t.spec.actor) {
+            Some(ActorCall::Method { actor }) => {
+                if let Some(a) = self.actors.get_mut(&actor) {
+                    a.calls.push_front(task);
+                }
+            }
+            _ => self.queue.push_front(task),
+        }
+    }
+
+    /// An idle pool worker takes the newest task queued on the busiest worker, while it fits
+    /// (rule 11): a task never waits behind a long one while a worker idles.
+    fn balance(&mut self) {
+        while let Some(idle) = self.idle_worker() {
+            let victim = self
+                .workers
+                .iter()
+                .filter(|(_, w)| w.actor.is_none() && !w.queued.is_empty())
+                .max_by_key(|&(&s, w)| (w.queued.len(), std::cmp::Reverse(s)))
+                .map(|(&s, _)| s);
+            let Some(victim) = victim else { return };
+            let last = self.workers[&victim].queued.len() - 1;
+            let q = self.workers[&victim].queued[last];
+            // Claimed already: it starts there soon.
+            if !self.fits(q.cpus) || !self.take_back_one(victim, last) {
+                return;
+            }
+            self.start_task(idle, q.task, q.cpus);
+        }
     }
 
     // ---- resources (rule 1) ----
@@ -2105,6 +2424,19 @@ impl Scheduler {
             self.queue.retain(|&q| q != id);
             return self.finish_task(id, Err(err));
         };
+        if t.queued {
+            // Queued on a busy worker (rule 11): taken back, it never runs; claimed, it is
+            // cancelled when it starts.
+            let index = self
+                .workers
+                .get(&slot)
+                .and_then(|w| w.queued.iter().position(|q| q.task == id));
+            if index.is_some_and(|i| self.take_back_one(slot, i)) {
+                return self.finish_task(id, Err(err));
+            }
+            self.cancel.on_start.insert(id, (force, grace));
+            return;
+        }
         self.cancel.running.insert(id);
         // The cooperative request: raise the flag of the task's own frame.
         if let Some(depth) = self
@@ -2344,14 +2676,16 @@ impl Scheduler {
             let Some(slot) = self.actors.get(&id).and_then(|a| a.slot) else {
                 continue;
             };
-            let idle = self
-                .workers
-                .get(&slot)
-                .is_some_and(|w| w.ready && w.stream.is_some() && w.stack.is_empty());
-            if !idle {
+            let Some(w) = self.workers.get(&slot) else {
+                continue;
+            };
+            let idle = w.ready && w.stream.is_some() && w.stack.is_empty();
+            let a = &self.actors[&id];
+            // Rule 11: the next calls may wait on the worker behind the running one.
+            let queue = a.constructed && w.can_queue(0.0);
+            if !(idle || queue) {
                 continue;
             }
-            let a = &self.actors[&id];
             if !a.constructed {
                 if self.tasks.get(&id).is_some_and(|t| t.worker.is_none()) {
                     // The first run (or a rerun after a crash before it finished).
@@ -2362,22 +2696,17 @@ impl Scheduler {
                     // A restart: the constructor again, on the new worker.
                     let name = a.name.clone();
                     if let Some(w) = self.workers.get_mut(&slot) {
-                        w.stack.push(Frame {
-                            task: id,
-                            cpus: 0.0,
-                            other: Held::default(),
-                            blocked: None,
-                            pending: None,
-                        });
+                        w.stack
+                            .push(Frame::new(id, 0.0, Held::default(), w.last_seq));
                     }
-                    let run = ToWorker::Run {
+                    let run = RunTask {
                         task: id,
                         func,
                         name,
                         args,
                         extra: Vec::new(),
                     };
-                    self.send_to(slot, &run);
+                    self.send_to(slot, &ToWorker::Run(run));
                 }
                 continue;
             }
@@ -2387,9 +2716,18 @@ impl Scheduler {
                     None => {}
                     Some(0) => {
                         self.actors.get_mut(&id).map(|a| a.calls.pop_front());
-                        self.start_task(slot, call, 0.0);
-                        // It may have failed at once (a failed argument): then take the next.
-                        if self.workers.get(&slot).is_some_and(|w| w.stack.is_empty()) {
+                        let Some(w) = self.workers.get(&slot) else {
+                            break;
+                        };
+                        if w.stack.is_empty() {
+                            // It may fail at once (a failed argument): then take the next.
+                            self.start_task(slot, call, 0.0);
+                        } else {
+                            self.queue_on(slot, call, 0.0);
+                        }
+                        if self.workers.get(&slot).is_some_and(|w| {
+                            w.stack.is_empty() || (w.stream.is_some() && w.can_queue(0.0))
+                        }) {
                             continue;
                         }
                         break;
@@ -2484,6 +2822,10 @@ impl Scheduler {
     /// The actor is gone for good: its queued calls (and an unfinished constructor) fail, its
     /// worker is told to exit, the constructor's kept arguments are released.
     fn actor_gone(&mut self, id: Id, reason: String) {
+        // Calls queued on its worker and not claimed fail with the others (rule 11).
+        if let Some(slot) = self.actors.get(&id).and_then(|a| a.slot) {
+            self.take_back_all(slot);
+        }
         let Some(a) = self.actors.get_mut(&id) else {
             return;
         };

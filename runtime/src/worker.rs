@@ -5,6 +5,7 @@
 //! running a nested task while the current one is blocked. It must not fork or touch the
 //! store's table; the arena is only read, or written at offsets the driver handed out.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::unix::net::UnixStream;
 
@@ -16,10 +17,12 @@ use std::thread::ThreadId;
 
 use rayfork_plasma::ShmArena;
 
-use crate::cancel_flags::{self, CancelFlags};
+use crate::shared_flags::{self, SharedFlags};
 use crate::client::{Backend, IdGen, RefQueue};
 use crate::ipc::{FrameReader, FrameWriter};
-use crate::protocol::{FromWorker, Id, Outcome, Payload, ReturnValue, TaskSpec, ToWorker};
+use crate::protocol::{
+    FromWorker, Id, Outcome, Payload, ReturnValue, RunTask, TaskSpec, ToWorker,
+};
 use crate::{Error, Result, ipc, registry};
 
 /// The entry point of an external worker program (see `Config::worker_program`).
@@ -52,13 +55,16 @@ struct Conn {
 pub(crate) struct WorkerBackend {
     slot: u32,
     conn: Mutex<Conn>,
+    /// `Run`s and `Queue`s to take once the stack is empty, in arrival order (rule 6 in
+    /// protocol.rs).
+    later: Mutex<VecDeque<ToWorker>>,
     refs: RefQueue,
     ids: IdGen,
     arena: Arc<ShmArena>,
     inline_max: usize,
     thread: ThreadId,
-    /// The shared cancel flags (see cancel_flags.rs).
-    flags: Arc<CancelFlags>,
+    /// The shared cancel flags (see shared_flags.rs).
+    flags: Arc<SharedFlags>,
     /// How many frames are on this worker's stack: the running one is at `depth - 1`.
     depth: AtomicUsize,
     /// The cancel tag of the running frame's task.
@@ -77,7 +83,7 @@ pub(crate) fn run(
     slot: u32,
     sock: UnixStream,
     arena: Arc<ShmArena>,
-    flags: Arc<CancelFlags>,
+    flags: Arc<SharedFlags>,
 ) -> i32 {
     let backend = Arc::new(WorkerBackend {
         slot,
@@ -86,6 +92,7 @@ pub(crate) fn run(
             reader: FrameReader::default(),
             writer: FrameWriter::default(),
         }),
+        later: Mutex::new(VecDeque::new()),
         refs: RefQueue::default(),
         ids: IdGen::new(slot + 1),
         arena,
@@ -106,26 +113,27 @@ pub(crate) fn run(
         return 0;
     }
     loop {
-        match backend.recv() {
-            Ok(Some(ToWorker::Run {
-                task,
-                func,
-                name,
-                args,
-                extra,
-            })) => {
-                if backend.run_task(task, &func, &name, args, &extra).is_err() {
+        match backend.next_task() {
+            Ok(Next::Run(run)) => {
+                if backend.run_task(run).is_err() {
                     return 0;
                 }
             }
-            Ok(Some(ToWorker::Exit)) | Ok(None) => return 0,
-            Ok(Some(other)) => {
+            Ok(Next::Exit) | Err(_) => return 0,
+            Ok(Next::Unexpected(other)) => {
                 eprintln!("rayfork worker {slot}: unexpected message {other:?}");
                 return 4;
             }
-            Err(_) => return 0,
         }
     }
+}
+
+/// What an idle worker does next.
+enum Next {
+    Run(RunTask),
+    /// `Exit`, or the driver hung up.
+    Exit,
+    Unexpected(ToWorker),
 }
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
@@ -176,6 +184,32 @@ impl WorkerBackend {
         }
     }
 
+    /// The next task to start with an empty stack (rule 6 in protocol.rs): the first of the
+    /// tasks kept for later, else the next message. A queued task whose claim the scheduler won
+    /// is dropped.
+    fn next_task(&self) -> io::Result<Next> {
+        loop {
+            let kept = self.later.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+            let msg = match kept {
+                Some(m) => m,
+                None => match self.recv()? {
+                    Some(m) => m,
+                    None => return Ok(Next::Exit),
+                },
+            };
+            match msg {
+                ToWorker::Run(run) => return Ok(Next::Run(run)),
+                ToWorker::Queue { run, cell, ticket } => {
+                    if self.flags.take(cell, ticket) {
+                        return Ok(Next::Run(run));
+                    }
+                }
+                ToWorker::Exit => return Ok(Next::Exit),
+                other => return Ok(Next::Unexpected(other)),
+            }
+        }
+    }
+
     fn check_thread(&self) -> Result<()> {
         if std::thread::current().id() != self.thread {
             return Err(Error::Runtime(
@@ -185,22 +219,22 @@ impl WorkerBackend {
         Ok(())
     }
 
-    fn run_task(
-        &self,
-        task: Id,
-        func: &str,
-        name: &str,
-        args: Vec<Payload>,
-        extra: &[Id],
-    ) -> io::Result<()> {
+    fn run_task(&self, run: RunTask) -> io::Result<()> {
+        let RunTask {
+            task,
+            func,
+            name,
+            args,
+            extra,
+        } = run;
         // This frame's place on the stack, as the scheduler counts it (rule 9 in scheduler.rs).
         let depth = self.depth.fetch_add(1, Ordering::Relaxed);
-        let outer = self.tag.swap(cancel_flags::tag(task), Ordering::Relaxed);
-        let outcome = self.invoke(task, func, name, &args);
+        let outer = self.tag.swap(shared_flags::tag(task), Ordering::Relaxed);
+        let outcome = self.invoke(task, &func, &name, &args);
         self.tag.store(outer, Ordering::Relaxed);
         self.depth.store(depth, Ordering::Relaxed);
         drop(args);
-        let outcome = self.store_returns(task, extra, outcome);
+        let outcome = self.store_returns(task, &extra, outcome);
         self.send(FromWorker::Done { task, outcome })
     }
 
@@ -333,15 +367,14 @@ impl Backend for WorkerBackend {
             .map_err(|e| Error::os("send to scheduler", e))?;
         loop {
             match self.recv() {
-                Ok(Some(ToWorker::Run {
-                    task,
-                    func,
-                    name,
-                    args,
-                    extra,
-                })) => self
-                    .run_task(task, &func, &name, args, &extra)
+                Ok(Some(ToWorker::Run(run))) => self
+                    .run_task(run)
                     .map_err(|e| Error::os("send to scheduler", e))?,
+                Ok(Some(queued @ ToWorker::Queue { .. })) => self
+                    .later
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_back(queued),
                 Ok(Some(ToWorker::Exit)) | Ok(None) => {
                     // The driver is gone; nothing this task computes can be delivered.
                     std::process::exit(0)
