@@ -157,7 +157,6 @@
 mod actor;
 mod array;
 mod cancel;
-mod shared_flags;
 mod client;
 mod codec;
 mod config;
@@ -166,12 +165,15 @@ mod fork_server;
 mod generator;
 mod idmap;
 mod ipc;
+#[cfg(doctest)]
+mod macro_checks;
 mod map;
 mod object_ref;
 mod protocol;
 mod registry;
 mod runtime;
 mod scheduler;
+mod shared_flags;
 mod task;
 pub mod worker;
 

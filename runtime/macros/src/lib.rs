@@ -627,3 +627,190 @@ fn expand_actor(item: proc_macro2::TokenStream) -> syn::Result<proc_macro2::Toke
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    //! The error of each misuse, as the user reads it. (That each really fails to compile, and
+    //! that the fixed code compiles, is checked by the doctests of `rayfork::macro_checks`.)
+
+    use super::{expand, expand_actor};
+    use quote::quote;
+
+    fn remote_error(attr: proc_macro2::TokenStream, item: proc_macro2::TokenStream) -> String {
+        match expand(attr, item) {
+            Ok(_) => panic!("expanded without an error"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn actor_error(item: proc_macro2::TokenStream) -> String {
+        match expand_actor(item) {
+            Ok(_) => panic!("expanded without an error"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn remote_misuses_say_what_is_wrong() {
+        let cases = [
+            (
+                quote!(),
+                quote!(
+                    async fn f() {}
+                ),
+                "cannot be async",
+            ),
+            (
+                quote!(),
+                quote!(
+                    fn f<T>(x: T) {}
+                ),
+                "cannot be generic",
+            ),
+            (
+                quote!(),
+                quote!(
+                    fn f(x: &str) {}
+                ),
+                "must be owned serde types",
+            ),
+            (
+                quote!(num_cpu = 1),
+                quote!(
+                    fn f() {}
+                ),
+                "unknown option",
+            ),
+            (
+                quote!(num_cpus),
+                quote!(
+                    fn f() {}
+                ),
+                "expected `key = value`",
+            ),
+            (
+                quote!(num_returns = 0),
+                quote!(
+                    fn f() -> u8 {
+                        1
+                    }
+                ),
+                "at least 1",
+            ),
+            (
+                quote!(num_returns = 2),
+                quote!(
+                    fn f() -> (u8, u8, u8) {
+                        (1, 2, 3)
+                    }
+                ),
+                "needs a function returning a 2-tuple",
+            ),
+            (
+                quote!(name = 3),
+                quote!(
+                    fn f() {}
+                ),
+                "name must be a string literal",
+            ),
+            (
+                quote!(resources = ("db", 1.0)),
+                quote!(
+                    fn f() {}
+                ),
+                "list of (name, amount) pairs",
+            ),
+            (
+                quote!(streaming),
+                quote!(
+                    fn f() -> Vec<u8> {
+                        vec![1]
+                    }
+                ),
+                "returns `impl Iterator<Item = T>`",
+            ),
+        ];
+        for (attr, item, want) in cases {
+            let got = remote_error(attr.clone(), item.clone());
+            assert!(
+                got.contains(want),
+                "#[remote({attr})] {item}: got {got:?}, want {want:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn remote_accepts_the_fixed_forms() {
+        let ok = [
+            (
+                quote!(),
+                quote!(
+                    fn f(x: String) -> usize {
+                        x.len()
+                    }
+                ),
+            ),
+            (
+                quote!(num_cpus = 1, name = "g"),
+                quote!(
+                    fn f() {}
+                ),
+            ),
+            (
+                quote!(num_returns = 3),
+                quote!(
+                    fn f() -> (u8, u8, u8) {
+                        (1, 2, 3)
+                    }
+                ),
+            ),
+            (
+                quote!(resources = [("db", 1.0)]),
+                quote!(
+                    fn f() {}
+                ),
+            ),
+            (
+                quote!(streaming),
+                quote!(
+                    fn f() -> impl Iterator<Item = u8> {
+                        0..3
+                    }
+                ),
+            ),
+        ];
+        for (attr, item) in ok {
+            assert!(
+                expand(attr.clone(), item.clone()).is_ok(),
+                "#[remote({attr})] {item}"
+            );
+        }
+    }
+
+    #[test]
+    fn actor_misuses_say_what_is_wrong() {
+        let cases = [
+            (
+                quote!(impl Default for C { fn default() -> Self { C } }),
+                "inherent, non-generic impl block",
+            ),
+            (
+                quote!(impl C { fn get(&self) -> u8 { 1 } }),
+                "needs a constructor",
+            ),
+            (
+                quote!(impl C { fn new() -> Self { C } fn add(&mut self, x: &u8) {} }),
+                "must be owned serde types",
+            ),
+        ];
+        for (item, want) in cases {
+            let got = actor_error(item.clone());
+            assert!(
+                got.contains(want),
+                "#[actor] {item}: got {got:?}, want {want:?}"
+            );
+        }
+        let fixed = quote!(impl C { fn new() -> Self { C } fn add(&mut self, x: u8) {} });
+        assert!(expand_actor(fixed).is_ok());
+    }
+}
