@@ -37,8 +37,8 @@ use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork, getppid};
 
-use crate::shared_flags::SharedFlags;
 use crate::protocol::{ExitCause, ForkReply, ForkRequest};
+use crate::shared_flags::SharedFlags;
 use crate::{Error, Result, ipc, worker};
 
 const ROLE_VAR: &str = "RAYFORK_ROLE";

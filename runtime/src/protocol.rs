@@ -204,7 +204,11 @@ pub(crate) enum ToWorker {
     Run(RunTask),
     /// Run a task once the stack is empty, if the claim cell `cell` still holds `ticket`
     /// (rule 6).
-    Queue { run: RunTask, cell: u32, ticket: u64 },
+    Queue {
+        run: RunTask,
+        cell: u32,
+        ticket: u64,
+    },
     /// The answer to `Get`: one entry per id, in order.
     GetReply(Result<Vec<Resolved>, Error>),
     /// The answer to `Wait`: one readiness flag per id.

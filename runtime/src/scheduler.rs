@@ -97,7 +97,6 @@ use nix::sys::time::TimeSpec;
 
 use rayfork_plasma::{ClientId, ObjectId, ShmArena, Store};
 
-use crate::shared_flags::{self, SharedFlags};
 use crate::config::Config;
 use crate::idmap::IdMap;
 use crate::ipc::{FrameReader, FrameWriter};
@@ -105,6 +104,7 @@ use crate::protocol::{
     ActorCall, Arg, ExitCause, ForkReply, ForkRequest, FromWorker, Id, Outcome, Payload, Resolved,
     RunTask, TaskOpts, TaskSpec, ToWorker,
 };
+use crate::shared_flags::{self, SharedFlags};
 use crate::{CancelOutcome, Error, fork_server, ipc};
 
 /// What driver threads ask of the scheduler thread (workers and the fork server speak on
@@ -2042,7 +2042,8 @@ impl Scheduler {
         let Some(q) = w.queued.pop_front() else {
             return;
         };
-        w.stack.push(Frame::new(q.task, q.cpus, Held::default(), q.seq));
+        w.stack
+            .push(Frame::new(q.task, q.cpus, Held::default(), q.seq));
         self.cpus_used += q.cpus;
         self.stats.pipelined += 1;
         if let Some(t) = self.tasks.get_mut(&q.task) {
@@ -2063,7 +2064,11 @@ impl Scheduler {
         let (Some(lane), Some(&q)) = (w.lane, w.queued.get(index)) else {
             return false;
         };
-        if !self.cancel.flags.take(shared_flags::cell(lane, q.seq), q.ticket) {
+        if !self
+            .cancel
+            .flags
+            .take(shared_flags::cell(lane, q.seq), q.ticket)
+        {
             return false;
         }
         w.queued.remove(index);

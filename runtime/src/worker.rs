@@ -17,12 +17,10 @@ use std::thread::ThreadId;
 
 use rayfork_plasma::ShmArena;
 
-use crate::shared_flags::{self, SharedFlags};
 use crate::client::{Backend, IdGen, RefQueue};
 use crate::ipc::{FrameReader, FrameWriter};
-use crate::protocol::{
-    FromWorker, Id, Outcome, Payload, ReturnValue, RunTask, TaskSpec, ToWorker,
-};
+use crate::protocol::{FromWorker, Id, Outcome, Payload, ReturnValue, RunTask, TaskSpec, ToWorker};
+use crate::shared_flags::{self, SharedFlags};
 use crate::{Error, Result, ipc, registry};
 
 /// The entry point of an external worker program (see `Config::worker_program`).
@@ -189,7 +187,11 @@ impl WorkerBackend {
     /// is dropped.
     fn next_task(&self) -> io::Result<Next> {
         loop {
-            let kept = self.later.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+            let kept = self
+                .later
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_front();
             let msg = match kept {
                 Some(m) => m,
                 None => match self.recv()? {
