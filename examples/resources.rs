@@ -5,8 +5,9 @@
 //! let several small tasks share one CPU.
 //!
 //! The runtime declares 4 CPUs and 2 GPUs whatever the machine has: rayfork counts resources,
-//! as Ray's scheduler does; it binds no device. Concurrency is measured from the tasks' own
-//! start and end times (wall clock, comparable across processes).
+//! as Ray's scheduler does, and gives each GPU task device ids (`rayfork::gpu_ids()`, and
+//! `CUDA_VISIBLE_DEVICES` while it runs); it checks no hardware. Concurrency is measured from
+//! the tasks' own start and end times (wall clock, comparable across processes).
 //!
 //! Run with `cargo run --release --example resources`.
 
@@ -18,6 +19,15 @@ use rayfork::{Runtime, remote};
 #[remote(num_cpus = 4, num_gpus = 2)]
 fn my_function() -> i64 {
     1
+}
+
+/// The GPU devices this task was given, and what CUDA libraries would see.
+#[remote(num_gpus = 1)]
+fn which_gpu() -> (Vec<u32>, Option<String>) {
+    (
+        rayfork::gpu_ids(),
+        std::env::var("CUDA_VISIBLE_DEVICES").ok(),
+    )
 }
 
 /// Holds one "db" connection while it works for 100 ms; returns its (start, end) in us.
@@ -77,6 +87,13 @@ fn main() -> rayfork::Result<()> {
         .unwrap_err();
     println!("my_function::options().num_gpus(3.0).remote(): {e}");
     assert!(matches!(e, rayfork::Error::Unschedulable { ref resource, .. } if resource == "GPU"));
+
+    // Devices: two one-GPU tasks in flight, each told its own device.
+    let gpus = rt.get_all(&[which_gpu::remote(), which_gpu::remote()])?;
+    for (ids, env) in &gpus {
+        println!("which_gpu (num_gpus = 1): gpu_ids() = {ids:?}, CUDA_VISIBLE_DEVICES = {env:?}");
+        assert_eq!(ids.len(), 1);
+    }
 
     // 6 queries, 2 db connections: at most 2 run at once, though CPUs allow 8.
     let spans = rt.get_all(&(0..6).map(query::remote).collect::<Vec<_>>())?;

@@ -394,3 +394,84 @@ fn map_and_map_batched_keep_order() {
 fn split_first(x: i64) -> Result<i64, String> {
     if x < 0 { Err("negative".into()) } else { Ok(x) }
 }
+
+/// What a task sees of its GPUs: `gpu_ids()` and `CUDA_VISIBLE_DEVICES`.
+type GpuView = (Vec<u32>, Option<String>);
+
+fn gpu_view() -> GpuView {
+    (
+        rayfork::gpu_ids(),
+        std::env::var("CUDA_VISIBLE_DEVICES").ok(),
+    )
+}
+
+#[remote]
+fn gpu_child() -> GpuView {
+    gpu_view()
+}
+
+/// Holds its GPUs while it waits for a child asking for `child` GPUs: both hold devices at once.
+#[remote]
+fn gpu_parent(child: f64) -> rayfork::Result<(GpuView, GpuView)> {
+    let mine = gpu_view();
+    let theirs = rayfork::get(&gpu_child::options().num_gpus(child).remote())?;
+    // Back from the nested wait: still its own devices.
+    assert_eq!(gpu_view(), mine);
+    Ok((mine, theirs))
+}
+
+#[test]
+fn tasks_get_gpu_devices_and_cuda_visible_devices() {
+    let _w = watchdog("tasks_get_gpu_devices_and_cuda_visible_devices", LIMIT);
+    let rt = Runtime::builder()
+        .num_cpus(2)
+        .num_gpus(2.0)
+        .start()
+        .unwrap();
+    let listed = |ids: &[u32]| {
+        let s: Vec<String> = ids.iter().map(u32::to_string).collect();
+        Some(s.join(","))
+    };
+    // Two whole GPUs held at once: distinct devices, each listed in its own environment.
+    let ((p, p_env), (c, c_env)) = rt
+        .get(&gpu_parent::options().num_gpus(1.0).remote(1.0))
+        .unwrap();
+    assert_eq!((p.len(), c.len()), (1, 1));
+    assert_ne!(p, c);
+    assert!(p[0] < 2 && c[0] < 2);
+    assert_eq!((p_env, c_env), (listed(&p), listed(&c)));
+    // Two halves share one device; a whole one then goes to the other.
+    let ((p, _), (c, _)) = rt
+        .get(&gpu_parent::options().num_gpus(0.5).remote(0.5))
+        .unwrap();
+    assert_eq!(p, c);
+    let ((p, _), (c, _)) = rt
+        .get(&gpu_parent::options().num_gpus(0.5).remote(1.0))
+        .unwrap();
+    assert_ne!(p, c);
+    // Both devices for one task.
+    let (both, env) = rt
+        .get(&gpu_child::options().num_gpus(2.0).remote())
+        .unwrap();
+    assert_eq!(both, vec![0, 1]);
+    assert_eq!(env, listed(&both));
+    // A task without GPUs gets none, and the environment the driver had (the old value was
+    // put back after each GPU task).
+    let (none, env) = rt.get(&gpu_child::remote()).unwrap();
+    assert!(none.is_empty());
+    assert_eq!(env, std::env::var("CUDA_VISIBLE_DEVICES").ok());
+    assert!(rayfork::gpu_ids().is_empty(), "the driver has no devices");
+    // More than one GPU comes in whole devices: 1.5 of a 1.5-GPU runtime can never fit.
+    drop(rt);
+    let rt = Runtime::builder().num_gpus(1.5).start().unwrap();
+    let e = rt
+        .get(&gpu_child::options().num_gpus(1.5).remote())
+        .unwrap_err();
+    assert_eq!(unschedulable(e).0, "GPU (whole devices)");
+    assert_eq!(
+        rt.get(&gpu_child::options().num_gpus(0.5).remote())
+            .unwrap()
+            .0,
+        vec![1]
+    );
+}

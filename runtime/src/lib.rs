@@ -163,6 +163,7 @@ mod config;
 mod error;
 mod fork_server;
 mod generator;
+mod gpus;
 mod idmap;
 mod ipc;
 #[cfg(doctest)]
@@ -189,7 +190,7 @@ pub use rayfork_macros::{actor, remote};
 pub use rayfork_plasma::{ObjectId, Pod};
 pub use runtime::Runtime;
 pub use scheduler::RuntimeStats;
-pub use task::{IntoArg, TaskOptions};
+pub use task::{IntoArg, TaskOptions, gpu_ids};
 
 /// Items the `#[remote]` macro expands to. Not a public API.
 #[doc(hidden)]

@@ -195,6 +195,8 @@ pub(crate) struct RunTask {
     pub args: Vec<Payload>,
     /// The task's extra return ids (rule 5), where large values are stored.
     pub extra: Vec<Id>,
+    /// The GPU devices it was given (`rayfork::gpu_ids`).
+    pub gpus: Vec<u32>,
 }
 
 /// Driver -> worker.

@@ -15,7 +15,8 @@
 //! 1. At most `num_cpus` CPUs are held by running frames. A frame blocked in `get`/`wait` gives
 //!    its CPUs back; it takes them back before it resumes, ahead of any queued task. GPUs and
 //!    custom resources are held by a frame from its start until it leaves the stack, blocked
-//!    or not (as in Ray: a blocked task keeps its device and its license). A task starts only
+//!    or not (as in Ray: a blocked task keeps its device and its license); GPUs are given as
+//!    devices (gpus.rs: a fraction shares one, more take whole ones). A task starts only
 //!    when all its resources are free; queued tasks wait in order for CPUs, but one waiting
 //!    only for a GPU or custom resource is passed by the tasks behind it (so a holder blocked
 //!    on a child never starves that child). A task that asks for more than a total fails at
@@ -98,6 +99,7 @@ use nix::sys::time::TimeSpec;
 use rayfork_plasma::{ClientId, ObjectId, ShmArena, Store};
 
 use crate::config::Config;
+use crate::gpus::Gpus;
 use crate::idmap::IdMap;
 use crate::ipc::{FrameReader, FrameWriter};
 use crate::protocol::{
@@ -380,7 +382,8 @@ impl Worker {
 /// GPUs and custom resources of a task (rule 1).
 #[derive(Debug, Clone, Default)]
 struct Held {
-    gpus: f64,
+    /// GPU devices and the share of each (gpus.rs).
+    gpus: Vec<(u32, f64)>,
     custom: Vec<(String, f64)>,
 }
 
@@ -423,8 +426,8 @@ pub(crate) struct Scheduler {
     next_slot: u32,
     spawning: usize,
     cpus_used: f64,
-    /// GPUs held by frames (rule 1).
-    gpus_used: f64,
+    /// GPU devices and their free shares (rule 1, gpus.rs).
+    gpus: Gpus,
     /// Custom resources held by frames, by name (rule 1).
     custom_used: HashMap<String, f64>,
     /// The task of each extra return id (rule 6).
@@ -504,6 +507,7 @@ impl Scheduler {
         let flags = SharedFlags::create()?;
         let (fork_child, fork) =
             fork_server::spawn(&program, arena.fd().as_raw_fd(), flags.fd().as_raw_fd())?;
+        let gpus = Gpus::new(cfg.num_gpus);
         let mut s = Scheduler {
             store: Store::new(arena),
             cfg,
@@ -520,7 +524,7 @@ impl Scheduler {
             next_slot: 1,
             spawning: 0,
             cpus_used: 0.0,
-            gpus_used: 0.0,
+            gpus,
             custom_used: HashMap::new(),
             extra_of: IdMap::default(),
             requests: IdMap::default(),
@@ -1925,6 +1929,7 @@ impl Scheduler {
             name: t.name.clone(),
             args,
             extra: t.spec.extra.clone(),
+            gpus: Vec::new(),
         };
         if matches!(t.spec.actor, Some(ActorCall::Create { .. })) {
             self.keep_ctor(id, &run.args);
@@ -1933,7 +1938,7 @@ impl Scheduler {
     }
 
     fn start_task(&mut self, slot: u32, id: Id, cpus: f64) {
-        let run = match self.run_message(id) {
+        let mut run = match self.run_message(id) {
             Ok(run) => run,
             Err(e) => return self.finish_task(id, Err(e)),
         };
@@ -1941,10 +1946,12 @@ impl Scheduler {
         t.attempts += 1;
         t.worker = Some(slot);
         t.queued = false;
+        // Pool tasks start only when their GPUs fit (`fits_other`); an actor takes what is free.
         let other = Held {
-            gpus: t.spec.opts.num_gpus,
+            gpus: self.gpus.pick(t.spec.opts.num_gpus).unwrap_or_default(),
             custom: t.spec.opts.resources.clone(),
         };
+        run.gpus = other.gpus.iter().map(|&(d, _)| d).collect();
         self.acquire_other(&other);
         if let Some(w) = self.workers.get_mut(&slot) {
             w.stack.push(Frame::new(id, cpus, other, w.last_seq));
@@ -2147,7 +2154,17 @@ impl Scheduler {
             })
         };
         over("CPU", opts.num_cpus, self.cfg.num_cpus as f64)
-            .or_else(|| over("GPU", opts.num_gpus, self.cfg.num_gpus))
+            .or_else(|| {
+                over("GPU", opts.num_gpus, self.cfg.num_gpus).or_else(|| {
+                    // Within the total, but more than one GPU comes in whole devices.
+                    (!self.gpus.could_fit(opts.num_gpus)).then(|| Error::Unschedulable {
+                        task: name.to_string(),
+                        resource: "GPU (whole devices)".to_string(),
+                        requested: opts.num_gpus.to_string(),
+                        total: self.cfg.num_gpus.to_string(),
+                    })
+                })
+            })
             .or_else(|| {
                 opts.resources.iter().find_map(|(r, amount)| {
                     let total = self.cfg.resources.get(r).copied().unwrap_or(0.0);
@@ -2158,7 +2175,7 @@ impl Scheduler {
 
     /// True if the task's GPUs and custom resources are free now (rule 1).
     fn fits_other(&self, opts: &TaskOpts) -> bool {
-        self.gpus_used + opts.num_gpus <= self.cfg.num_gpus + EPS
+        self.gpus.pick(opts.num_gpus).is_some()
             && opts.resources.iter().all(|(r, amount)| {
                 let used = self.custom_used.get(r).copied().unwrap_or(0.0);
                 let total = self.cfg.resources.get(r).copied().unwrap_or(0.0);
@@ -2187,17 +2204,14 @@ impl Scheduler {
     }
 
     fn acquire_other(&mut self, h: &Held) {
-        self.gpus_used += h.gpus;
+        self.gpus.take(&h.gpus);
         for (r, amount) in &h.custom {
             *self.custom_used.entry(r.clone()).or_insert(0.0) += amount;
         }
     }
 
     fn release_other(&mut self, h: &Held) {
-        self.gpus_used -= h.gpus;
-        if self.gpus_used < EPS {
-            self.gpus_used = 0.0;
-        }
+        self.gpus.give_back(&h.gpus);
         for (r, amount) in &h.custom {
             if let Some(used) = self.custom_used.get_mut(r) {
                 *used -= amount;
@@ -2710,6 +2724,7 @@ impl Scheduler {
                         name,
                         args,
                         extra: Vec::new(),
+                        gpus: Vec::new(),
                     };
                     self.send_to(slot, &ToWorker::Run(run));
                 }

@@ -88,7 +88,8 @@ impl TaskOptions {
 
     /// GPUs the task holds while it runs (default 0; fractions allowed). Unlike CPUs they stay
     /// held while the task is blocked in `get`, as in Ray. The runtime's total is
-    /// [`Config::num_gpus`](crate::Config::num_gpus).
+    /// [`Config::num_gpus`](crate::Config::num_gpus). A fraction takes a share of one device,
+    /// one or more take whole devices; the task learns which from [`gpu_ids`].
     pub fn num_gpus(mut self, n: f64) -> Self {
         self.opts.num_gpus = n;
         self
@@ -435,6 +436,30 @@ pub fn finish_result<T: Serialize, E: std::fmt::Display>(
 #[doc(hidden)]
 pub fn arg_error(e: Error) -> Outcome {
     Outcome::Err(e)
+}
+
+/// The GPU devices given to the running task (numbered from 0 up to
+/// [`Config::num_gpus`](crate::Config::num_gpus)); empty in the driver and in a task that asked
+/// for none.
+///
+/// While a task with GPUs runs, its worker also sets `CUDA_VISIBLE_DEVICES` to this list (and
+/// puts the old value back after), as Ray does, so CUDA libraries see only these devices. A
+/// CUDA library reads it once per process, at its first use: give GPU tasks `max_calls = 1`
+/// when different calls must see different devices. The variable is changed only while the
+/// worker process has a single thread (changing the environment is unsound otherwise); a task
+/// that leaves threads of its own running should pass these ids to its library instead.
+///
+/// ```no_run
+/// #[rayfork::remote(num_gpus = 1, max_calls = 1)]
+/// fn train(epochs: u32) -> Vec<u32> {
+///     let devices = rayfork::gpu_ids(); // e.g. [1]; CUDA_VISIBLE_DEVICES is "1"
+///     # let _ = epochs;
+///     devices
+/// }
+/// # fn main() {}
+/// ```
+pub fn gpu_ids() -> Vec<u32> {
+    crate::worker::backend().map_or_else(Vec::new, |b| b.gpu_ids())
 }
 
 #[cfg(test)]

@@ -67,6 +67,8 @@ pub(crate) struct WorkerBackend {
     depth: AtomicUsize,
     /// The cancel tag of the running frame's task.
     tag: AtomicU64,
+    /// The GPU devices of the running frame's task (`rayfork::gpu_ids`).
+    gpus: Mutex<Vec<u32>>,
 }
 
 static BACKEND: OnceLock<Arc<WorkerBackend>> = OnceLock::new();
@@ -99,6 +101,7 @@ pub(crate) fn run(
         flags,
         depth: AtomicUsize::new(0),
         tag: AtomicU64::new(0),
+        gpus: Mutex::new(Vec::new()),
     });
     if BACKEND.set(backend.clone()).is_err() {
         return 3;
@@ -132,6 +135,35 @@ enum Next {
     /// `Exit`, or the driver hung up.
     Exit,
     Unexpected(ToWorker),
+}
+
+/// The environment variable CUDA libraries read to choose their devices.
+const CUDA_VISIBLE_DEVICES: &str = "CUDA_VISIBLE_DEVICES";
+
+/// What a frame with GPUs changed: the outer frame's devices, and the environment value to put
+/// back (`Some(None)`: remove it) if it set `CUDA_VISIBLE_DEVICES`.
+struct GpuFrame {
+    outer: Vec<u32>,
+    env: Option<Option<std::ffi::OsString>>,
+}
+
+/// Sets (`Some`) or removes (`None`) an environment variable if this process has no thread but
+/// the caller's; false, and nothing changed, otherwise.
+fn set_env_alone(key: &str, value: Option<&std::ffi::OsStr>) -> bool {
+    let alone = std::fs::read_dir("/proc/self/task").is_ok_and(|d| d.count() == 1);
+    if !alone {
+        return false;
+    }
+    // SAFETY: this process has exactly one thread, the caller's (counted just above, and only
+    // this thread could have started another since), so no other thread reads or writes the
+    // environment while it changes.
+    unsafe {
+        match value {
+            Some(v) => std::env::set_var(key, v),
+            None => std::env::remove_var(key),
+        }
+    }
+    true
 }
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
@@ -228,11 +260,14 @@ impl WorkerBackend {
             name,
             args,
             extra,
+            gpus,
         } = run;
         // This frame's place on the stack, as the scheduler counts it (rule 9 in scheduler.rs).
         let depth = self.depth.fetch_add(1, Ordering::Relaxed);
         let outer = self.tag.swap(shared_flags::tag(task), Ordering::Relaxed);
+        let restore = self.enter_gpus(gpus);
         let outcome = self.invoke(task, &func, &name, &args);
+        self.leave_gpus(restore);
         self.tag.store(outer, Ordering::Relaxed);
         self.depth.store(depth, Ordering::Relaxed);
         drop(args);
@@ -278,6 +313,37 @@ impl WorkerBackend {
             },
             other => other,
         }
+    }
+
+    /// Makes `gpus` the running frame's devices; for a task with GPUs, also sets
+    /// `CUDA_VISIBLE_DEVICES` to them when it safely can (`set_env_alone`). Returns what
+    /// `leave_gpus` restores.
+    fn enter_gpus(&self, gpus: Vec<u32>) -> GpuFrame {
+        let env = if gpus.is_empty() {
+            None
+        } else {
+            let list: Vec<String> = gpus.iter().map(u32::to_string).collect();
+            let before = std::env::var_os(CUDA_VISIBLE_DEVICES);
+            set_env_alone(CUDA_VISIBLE_DEVICES, Some(list.join(",").as_ref())).then_some(before)
+        };
+        let outer = std::mem::replace(
+            &mut *self.gpus.lock().unwrap_or_else(|e| e.into_inner()),
+            gpus,
+        );
+        GpuFrame { outer, env }
+    }
+
+    fn leave_gpus(&self, frame: GpuFrame) {
+        *self.gpus.lock().unwrap_or_else(|e| e.into_inner()) = frame.outer;
+        if let Some(before) = frame.env {
+            // Left as the task set it if the task left threads running (see `gpu_ids`).
+            set_env_alone(CUDA_VISIBLE_DEVICES, before.as_deref());
+        }
+    }
+
+    /// The GPU devices of the running frame's task.
+    pub(crate) fn gpu_ids(&self) -> Vec<u32> {
+        self.gpus.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// True if the task running on top of this worker's stack has been cancelled.
