@@ -544,3 +544,82 @@ fn a_recursive_workload_mixing_nested_gets_and_small_tasks_is_right() {
         eprintln!("soak {max_workers:?}: {s:?}");
     }
 }
+
+/// Waits until the other side of a rendezvous exists (both tasks run at once).
+#[remote]
+fn meet(me: String, other: String) -> u32 {
+    touch(&me);
+    await_file(&other);
+    std::process::id()
+}
+
+/// Submits one small child, waits for `go`, then `get`s it.
+#[remote]
+fn parent_of_one(go: String) -> rayfork::Result<u64> {
+    let kid = small::remote(5);
+    await_file(&go);
+    rayfork::get(&kid)
+}
+
+/// A frame that blocks frees a CPU for the tasks queued on *other* workers too: a child queued
+/// behind an unrelated task that runs until cancelled is moved and run (on a new worker or
+/// nested on the blocked one) instead of waiting behind it forever.
+#[test]
+fn a_blocked_frames_cpu_serves_tasks_queued_on_other_workers() {
+    let _w = watchdog(
+        "a_blocked_frames_cpu_serves_tasks_queued_on_other_workers",
+        LIMIT,
+    );
+    let dir = TestDir::new("blocked-cpu");
+    let rt = runtime(2);
+    // Both workers ready (the two meet), so the long task takes the lowest slot and the
+    // parent the other; the child then queues on the lowest: behind the long task.
+    let (m1, m2) = (dir.path("meet-1"), dir.path("meet-2"));
+    let pids = rt
+        .get_all(&[meet::remote(m1.clone(), m2.clone()), meet::remote(m2, m1)])
+        .unwrap();
+    assert_ne!(pids[0], pids[1]);
+    let started = dir.path("long-started");
+    let long = until_cancelled::remote(started.clone());
+    assert!(
+        eventually(PATIENCE, || Path::new(&started).exists()),
+        "the long task never started"
+    );
+    let go = dir.path("go");
+    let parent = parent_of_one::remote(go.clone());
+    until_stats(&rt, "the child queued", |s| s.queued >= 1);
+    touch(&go);
+    assert_eq!(rt.get_timeout(&parent, PATIENCE).unwrap(), f(5));
+    let s = rt.stats().unwrap();
+    assert!(s.taken_back >= 1, "{s:?}");
+    assert_eq!(rayfork::cancel(&long).unwrap(), CancelOutcome::Cancelled);
+    expect_cancelled(rt.get_timeout(&long, PATIENCE));
+}
+
+/// A queued task whose result nobody holds any more is taken back and dropped, never run (as an
+/// unstarted task in the queue would be).
+#[test]
+fn a_queued_task_nobody_waits_for_is_dropped_unrun() {
+    let _w = watchdog("a_queued_task_nobody_waits_for_is_dropped_unrun", LIMIT);
+    let dir = TestDir::new("unwanted");
+    let rt = runtime(1);
+    let started = dir.path("a-started");
+    let a = until_cancelled::remote(started.clone());
+    assert!(
+        eventually(PATIENCE, || Path::new(&started).exists()),
+        "task A never started"
+    );
+    let mark = dir.path("b-ran");
+    let b = must_not_run::remote(mark.clone());
+    until_stats(&rt, "B queued behind A", |s| s.queued >= 1);
+    drop(b);
+    until_stats(&rt, "B taken back", |s| s.taken_back >= 1);
+    assert_eq!(rayfork::cancel(&a).unwrap(), CancelOutcome::Cancelled);
+    expect_cancelled(rt.get_timeout(&a, PATIENCE));
+    // The worker's next task runs after anything left on it: B would have run by then.
+    assert_eq!(rt.get_timeout(&small::remote(3), PATIENCE).unwrap(), f(3));
+    assert!(!Path::new(&mark).exists(), "the unwanted queued task ran");
+    drop(a);
+    let s = rt.stats().unwrap();
+    assert_eq!((s.pipelined, s.tasks, s.objects), (0, 0, 0), "{s:?}");
+}

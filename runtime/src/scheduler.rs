@@ -78,9 +78,11 @@
 //!     in the order it was sent (rule 6 in protocol.rs). The scheduler takes queued tasks back
 //!     through their claim cells (shared_flags.rs), and those the worker has not claimed go
 //!     back to the front of the queue: all of them when the frame blocks (so a task can wait
-//!     for one queued behind it) or when a frame waits to resume (rule 1), the newest when
-//!     another worker is idle, one that is cancelled. When the worker dies they go back too,
-//!     with no attempt used.
+//!     for one queued behind it) or when a frame waits to resume (rule 1); the newest ones,
+//!     from the busiest workers, while CPUs are free for them and rule 2 can place them (an
+//!     idle worker, a new one, a blocked one); one that is cancelled, or that nobody waits for
+//!     any more. When the worker dies they go back too, with no attempt used, and so does a
+//!     task it was to start next but had not claimed.
 
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -307,6 +309,8 @@ struct Frame {
     /// the worker before this frame's task was sent (rule 11). When it is done, every queued
     /// task up to that one is settled on the worker's side.
     mark: u64,
+    /// For a task started from the worker's queue: its claim cell and ticket (rule 11).
+    claim: Option<(u32, u64)>,
 }
 
 impl Frame {
@@ -318,6 +322,7 @@ impl Frame {
             blocked: None,
             pending: None,
             mark,
+            claim: None,
         }
     }
 }
@@ -665,34 +670,41 @@ impl Scheduler {
         worked
     }
 
-    /// Reads what worker `slot` sent and handles each whole message.
-    fn read_worker(&mut self, slot: u32) {
+    /// Reads what worker `slot` sent (one buffer's worth) and handles each whole message. True
+    /// if it read something and the socket is still open.
+    fn read_worker(&mut self, slot: u32) -> bool {
         let Some(w) = self.workers.get_mut(&slot) else {
-            return;
+            return false;
         };
-        let Some(stream) = &w.stream else { return };
-        let closed = match w.reader.fill(stream, MsgFlags::MSG_DONTWAIT) {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
-            Err(_) => true,
+        let Some(stream) = &w.stream else {
+            return false;
+        };
+        let (read, closed) = match w.reader.fill(stream, MsgFlags::MSG_DONTWAIT) {
+            Ok(0) => (false, true),
+            Ok(_) => (true, false),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => (false, false),
+            Err(_) => (false, true),
         };
         loop {
             let Some(w) = self.workers.get_mut(&slot) else {
-                return;
+                return false;
             };
             if w.stream.is_none() {
-                return;
+                return false;
             }
             match w.reader.next::<FromWorker>() {
                 Ok(Some(msg)) => self.on_message(Client::Worker(slot), msg),
                 Ok(None) => break,
-                Err(e) => return self.kill_worker(slot, &format!("unreadable message: {e}")),
+                Err(e) => {
+                    self.kill_worker(slot, &format!("unreadable message: {e}"));
+                    return false;
+                }
             }
         }
         if closed {
             self.on_hangup(slot);
         }
+        read
     }
 
     fn read_fork_server(&mut self) {
@@ -857,6 +869,9 @@ impl Scheduler {
             ForkReply::StderrTail { pid, lines } => self.on_stderr_tail(pid, lines),
             ForkReply::Exited { pid, cause } => {
                 if let Some(slot) = self.pids.remove(&pid) {
+                    // What it sent before it died counts: a `Done` still unread would charge
+                    // its crash to the task that finished (and spare the one that crashed).
+                    while self.read_worker(slot) {}
                     self.on_worker_death(slot, cause);
                 }
             }
@@ -894,9 +909,28 @@ impl Scheduler {
     }
 
     fn on_worker_death(&mut self, slot: u32, cause: ExitCause) {
-        let Some(w) = self.workers.remove(&slot) else {
+        let Some(mut w) = self.workers.remove(&slot) else {
             return;
         };
+        // Rule 11: a task started from its queue that it never claimed (it died between the
+        // `Done` before it and the claim) never ran: it goes back with the queued ones.
+        let unclaimed = w.stack.len() == 1
+            && w.stack[0]
+                .claim
+                .is_some_and(|(cell, ticket)| self.cancel.flags.take(cell, ticket));
+        if unclaimed {
+            let f = w.stack.pop().expect("one frame");
+            self.cpus_used -= f.cpus;
+            if let Some(t) = self.tasks.get_mut(&f.task) {
+                t.attempts = t.attempts.saturating_sub(1);
+            }
+            w.queued.push_front(Queued {
+                task: f.task,
+                seq: f.mark,
+                ticket: 0,
+                cpus: f.cpus,
+            });
+        }
         if w.retired {
             self.stats.workers_retired += 1;
         } else {
@@ -935,7 +969,9 @@ impl Scheduler {
             };
             t.worker = None;
             t.queued = false;
-            if self.cancel.on_start.remove(&q.task).is_some() {
+            let cancelled = self.cancel.on_start.remove(&q.task).is_some()
+                | self.cancel.running.remove(&q.task);
+            if cancelled {
                 let err = Error::TaskCancelled {
                     task: t.name.clone(),
                 };
@@ -1145,7 +1181,7 @@ impl Scheduler {
     fn free(&mut self, id: Id) {
         let mut stack = vec![id];
         while let Some(id) = stack.pop() {
-            if self.is_running_return(id) {
+            if self.is_running_return(id) && !self.take_back_unwanted(id) {
                 // Kept (with no refs) until its task ends: the worker may still write it; it is
                 // freed when it resolves (rule 6).
                 continue;
@@ -1856,21 +1892,7 @@ impl Scheduler {
                         }
                         return;
                     }
-                    let blocked = self
-                        .workers
-                        .iter()
-                        .filter(|(_, w)| {
-                            w.actor.is_none()
-                                && w.ready
-                                && w.stream.is_some()
-                                && !w.retiring
-                                && w.stack
-                                    .last()
-                                    .is_some_and(|f| f.blocked.is_some() && f.pending.is_none())
-                        })
-                        .map(|(&s, _)| s)
-                        .min();
-                    match blocked {
+                    match self.blocked_worker() {
                         Some(s) => {
                             self.stats.nested_inline += 1;
                             s
@@ -2049,8 +2071,13 @@ impl Scheduler {
         let Some(q) = w.queued.pop_front() else {
             return;
         };
-        w.stack
-            .push(Frame::new(q.task, q.cpus, Held::default(), q.seq));
+        let claim = w
+            .lane
+            .map(|lane| (shared_flags::cell(lane, q.seq), q.ticket));
+        w.stack.push(Frame {
+            claim,
+            ..Frame::new(q.task, q.cpus, Held::default(), q.seq)
+        });
         self.cpus_used += q.cpus;
         self.stats.pipelined += 1;
         if let Some(t) = self.tasks.get_mut(&q.task) {
@@ -2087,6 +2114,35 @@ impl Scheduler {
         true
     }
 
+    /// Takes back `task`, queued on a busy worker, if the worker has not claimed it.
+    fn take_back_task(&mut self, task: Id) -> bool {
+        let Some(slot) = self
+            .tasks
+            .get(&task)
+            .filter(|t| t.queued)
+            .and_then(|t| t.worker)
+        else {
+            return false;
+        };
+        let index = self
+            .workers
+            .get(&slot)
+            .and_then(|w| w.queued.iter().position(|q| q.task == task));
+        index.is_some_and(|i| self.take_back_one(slot, i))
+    }
+
+    /// Return object `id` lost its last reference: if its task is a pool task still queued
+    /// on a worker and none of its returns is wanted, takes it back (rules 6, 11); true if it
+    /// did (the task is then unstarted and can be dropped).
+    fn take_back_unwanted(&mut self, id: Id) -> bool {
+        let task = self.task_of_return(id);
+        let queued = self
+            .tasks
+            .get(&task)
+            .is_some_and(|t| t.queued && t.spec.actor.is_none());
+        queued && !self.any_return_alive(task) && self.take_back_task(task)
+    }
+
     /// Takes back every task queued on `slot` that the worker has not claimed; they go back
     /// to the front of the queue (or of their actor's calls), in order. Returns how many stay
     /// (claimed: they start in order as the worker's stack empties).
@@ -2118,25 +2174,56 @@ impl Scheduler {
         }
     }
 
-    /// An idle pool worker takes the newest task queued on the busiest worker, while it fits
-    /// (rule 11): a task never waits behind a long one while a worker idles.
+    /// Moves queued tasks back to the queue while CPUs are free for them and `dispatch_ready`
+    /// can place them (an idle worker, one it may fork, a blocked one to nest on), then places
+    /// them (rule 11): a task never waits behind a long one while it could run, and a blocked
+    /// frame's CPUs serve the tasks queued on other workers as they would have served the queue.
+    /// Newest first, from the busiest worker first. Not while a frame waits to resume (rule 1),
+    /// nor while a task in the queue could start: that one goes first.
     fn balance(&mut self) {
-        while let Some(idle) = self.idle_worker() {
-            let victim = self
+        while self.resume.is_empty() && self.next_startable().is_none() && self.can_place() {
+            let mut victims: Vec<(usize, u32)> = self
                 .workers
                 .iter()
                 .filter(|(_, w)| w.actor.is_none() && !w.queued.is_empty())
-                .max_by_key(|&(&s, w)| (w.queued.len(), std::cmp::Reverse(s)))
-                .map(|(&s, _)| s);
-            let Some(victim) = victim else { return };
-            let last = self.workers[&victim].queued.len() - 1;
-            let q = self.workers[&victim].queued[last];
-            // Claimed already: it starts there soon.
-            if !self.fits(q.cpus) || !self.take_back_one(victim, last) {
-                return;
-            }
-            self.start_task(idle, q.task, q.cpus);
+                .map(|(&s, w)| (w.queued.len(), s))
+                .collect();
+            victims.sort_unstable_by_key(|&(n, s)| (std::cmp::Reverse(n), s));
+            let moved = victims.into_iter().find_map(|(n, victim)| {
+                let q = self.workers[&victim].queued[n - 1];
+                // A claimed one starts on its worker soon.
+                (self.fits(q.cpus) && self.take_back_one(victim, n - 1)).then_some(q.task)
+            });
+            let Some(task) = moved else { return };
+            self.queue.push_front(task);
+            self.dispatch_ready();
         }
+    }
+
+    /// True if `dispatch_ready` can place a task that fits: on an idle pool worker, on one it
+    /// may fork (rule 2), or nested on a blocked one.
+    fn can_place(&self) -> bool {
+        self.idle_worker().is_some()
+            || self.pool_len() < self.cfg.max_workers
+            || self.blocked_worker().is_some()
+    }
+
+    /// The lowest pool worker whose top frame is blocked with no answer waiting: it can run a
+    /// task nested (rule 2).
+    fn blocked_worker(&self) -> Option<u32> {
+        self.workers
+            .iter()
+            .filter(|(_, w)| {
+                w.actor.is_none()
+                    && w.ready
+                    && w.stream.is_some()
+                    && !w.retiring
+                    && w.stack
+                        .last()
+                        .is_some_and(|f| f.blocked.is_some() && f.pending.is_none())
+            })
+            .map(|(&s, _)| s)
+            .min()
     }
 
     // ---- resources (rule 1) ----
@@ -2446,11 +2533,7 @@ impl Scheduler {
         if t.queued {
             // Queued on a busy worker (rule 11): taken back, it never runs; claimed, it is
             // cancelled when it starts.
-            let index = self
-                .workers
-                .get(&slot)
-                .and_then(|w| w.queued.iter().position(|q| q.task == id));
-            if index.is_some_and(|i| self.take_back_one(slot, i)) {
+            if self.take_back_task(id) {
                 return self.finish_task(id, Err(err));
             }
             self.cancel.on_start.insert(id, (force, grace));
