@@ -623,3 +623,19 @@ fn a_queued_task_nobody_waits_for_is_dropped_unrun() {
     let s = rt.stats().unwrap();
     assert_eq!((s.pipelined, s.tasks, s.objects), (0, 0, 0), "{s:?}");
 }
+
+/// `Config::pipeline_depth(0)` turns pipelining off: tasks go only to idle workers.
+#[test]
+fn pipeline_depth_zero_queues_nothing() {
+    let _w = watchdog("pipeline_depth_zero_queues_nothing", LIMIT);
+    let rt = Runtime::builder()
+        .num_cpus(2)
+        .pipeline_depth(0)
+        .start()
+        .expect("start a runtime");
+    let refs: Vec<ObjectRef<u64>> = (0..500).map(small::remote).collect();
+    let got = rt.get_all(&refs).unwrap();
+    assert!(got.iter().enumerate().all(|(i, &v)| v == f(i as u64)));
+    let s = rt.stats().unwrap();
+    assert_eq!((s.queued, s.pipelined, s.taken_back), (0, 0, 0), "{s:?}");
+}

@@ -27,7 +27,13 @@ pub struct Config {
     pub(crate) store_capacity: u64,
     pub(crate) worker_program: Option<PathBuf>,
     pub(crate) cancel_grace: Duration,
+    pub(crate) pipeline_depth: usize,
 }
+
+/// Tasks queued on one busy worker at most (see `Config::pipeline_depth`).
+pub(crate) const DEFAULT_PIPELINE_DEPTH: usize = 4;
+/// The largest `pipeline_depth`: a worker's claim cells (shared_flags.rs) bound it.
+pub(crate) const MAX_PIPELINE_DEPTH: usize = crate::shared_flags::RING as usize;
 
 /// How long a cancelled running task has to stop on its own before its worker is killed.
 pub(crate) const DEFAULT_CANCEL_GRACE: Duration = Duration::from_millis(100);
@@ -43,6 +49,11 @@ impl Default for Config {
             store_capacity: default_capacity(),
             worker_program: None,
             cancel_grace: DEFAULT_CANCEL_GRACE,
+            pipeline_depth: std::env::var("RAYFORK_PIPELINE_DEPTH")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(DEFAULT_PIPELINE_DEPTH)
+                .min(MAX_PIPELINE_DEPTH),
         }
     }
 }
@@ -130,6 +141,15 @@ impl Config {
     /// it per call; [`CancelMode::force`](crate::CancelMode::force) skips it.
     pub fn cancel_grace(mut self, grace: Duration) -> Self {
         self.cancel_grace = grace;
+        self
+    }
+
+    /// How many small tasks may wait queued on each busy worker, to start as soon as its running
+    /// task ends with no round trip to the scheduler (see "Pipelining" in the crate docs).
+    /// Default 4 (or `RAYFORK_PIPELINE_DEPTH`), at most 16; 0 turns pipelining off: a task is
+    /// then sent only to an idle worker.
+    pub fn pipeline_depth(mut self, n: usize) -> Self {
+        self.pipeline_depth = n.min(MAX_PIPELINE_DEPTH);
         self
     }
 

@@ -52,7 +52,8 @@
 //! when the running task blocks in `get` (it may be waiting for that very task), or when it is
 //! cancelled; if the worker dies it runs elsewhere without using a retry. Tasks with GPUs,
 //! custom resources, `max_calls` or streaming are never queued this way. Actor calls are
-//! queued on the actor's process the same way, in order. [`RuntimeStats`] counts them.
+//! queued on the actor's process the same way, in order. [`RuntimeStats`] counts them;
+//! [`Config::pipeline_depth`] sets how many (0 turns it off).
 //!
 //! # Multiple returns
 //! `#[remote(num_returns = 3)]` on a function returning a 3-tuple (or a `Result` of one) makes

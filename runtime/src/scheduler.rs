@@ -72,7 +72,7 @@
 //! 11. Pipelining. When no idle worker can take a queued task and no blocked frame waits to
 //!     resume, a plain task (no GPUs, custom resources, `max_calls` or streaming) may be
 //!     queued on a pool worker that runs one plain frame with the same CPUs, up to
-//!     `PIPELINE_DEPTH` per worker; an actor's next calls may be queued on its worker the
+//!     `Config::pipeline_depth` per worker; an actor's next calls may be queued on its worker the
 //!     same way. A queued task holds nothing and has not started: it starts (takes the CPUs
 //!     of the frame it follows, uses an attempt) on the `Done` that empties the worker's stack,
 //!     in the order it was sent (rule 6 in protocol.rs). The scheduler takes queued tasks back
@@ -370,8 +370,9 @@ struct Worker {
 }
 
 impl Worker {
-    /// True if a task needing `cpus` can be queued behind its running frame (rule 11).
-    fn can_queue(&self, cpus: f64) -> bool {
+    /// True if a task needing `cpus` can be queued behind its running frame, with at most
+    /// `depth` tasks queued (rule 11).
+    fn can_queue(&self, cpus: f64, depth: usize) -> bool {
         self.lane.is_some()
             && self.ready
             && self.stream.is_some()
@@ -379,7 +380,7 @@ impl Worker {
             && self.stack.len() == 1
             && self.stack[0].blocked.is_none()
             && (self.stack[0].cpus - cpus).abs() < EPS
-            && self.queued.len() < PIPELINE_DEPTH
+            && self.queued.len() < depth
             && self.last_seq + 1 - self.settled <= shared_flags::RING
     }
 }
@@ -487,9 +488,6 @@ impl Cancels {
 }
 
 const EPS: f64 = 1e-9;
-
-/// Tasks queued on one busy worker at most (rule 11).
-const PIPELINE_DEPTH: usize = 4;
 
 /// How long the scheduler does not spin after asking the fork server for a fork or a kill: the
 /// fork server needs a CPU to do it (and to reap and report), and on 2 CPUs a spinning
@@ -2011,7 +2009,7 @@ impl Scheduler {
                 .iter()
                 .filter(|(_, w)| {
                     w.actor.is_none()
-                        && w.can_queue(cpus)
+                        && w.can_queue(cpus, self.cfg.pipeline_depth)
                         && self
                             .tasks
                             .get(&w.stack[0].task)
@@ -2784,7 +2782,7 @@ impl Scheduler {
             let idle = w.ready && w.stream.is_some() && w.stack.is_empty();
             let a = &self.actors[&id];
             // Rule 11: the next calls may wait on the worker behind the running one.
-            let queue = a.constructed && w.can_queue(0.0);
+            let queue = a.constructed && w.can_queue(0.0, self.cfg.pipeline_depth);
             if !(idle || queue) {
                 continue;
             }
@@ -2829,7 +2827,8 @@ impl Scheduler {
                             self.queue_on(slot, call, 0.0);
                         }
                         if self.workers.get(&slot).is_some_and(|w| {
-                            w.stack.is_empty() || (w.stream.is_some() && w.can_queue(0.0))
+                            w.stack.is_empty()
+                                || (w.stream.is_some() && w.can_queue(0.0, self.cfg.pipeline_depth))
                         }) {
                             continue;
                         }
