@@ -8,7 +8,9 @@
 //! `sort_unstable`.
 //!
 //! `cargo run --release --example quicksort -- 32000000` adds a size; `--rounds N` sets the
-//! number of runs per cell (default 3); `--quick` runs only the smallest size once.
+//! number of runs per cell (default 3); `--quick` runs only the smallest size once;
+//! `--timeline trace.json` writes the tasks of the largest size as a Chrome trace (open it in
+//! ui.perfetto.dev) and prints their summary.
 
 #[path = "sort_tasks.rs"]
 mod sort_tasks;
@@ -95,6 +97,7 @@ fn secs(d: Duration) -> String {
 fn main() -> rayfork::Result<()> {
     let mut sizes = vec![200_000, 4_000_000, 8_000_000];
     let mut rounds = 3;
+    let mut timeline = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -103,6 +106,7 @@ fn main() -> rayfork::Result<()> {
                 rounds = 1;
             }
             "--rounds" => rounds = args.next().and_then(|n| n.parse().ok()).unwrap_or(3),
+            "--timeline" => timeline = Some(args.next().expect("--timeline needs a file name")),
             n => sizes.push(n.replace('_', "").parse().expect("a size, e.g. 32000000")),
         }
     }
@@ -169,6 +173,11 @@ fn main() -> rayfork::Result<()> {
             "ok"
         );
         std::io::stdout().flush().ok();
+        if let Some(path) = timeline.as_ref().filter(|_| Some(&n) == sizes.iter().max()) {
+            let events = rt.timeline(path)?;
+            println!("\n{events} trace events of the {n} runs written to {path}; the tasks:");
+            println!("{}", rt.summary()?);
+        }
         drop(data);
         let s = rt.stats()?;
         assert_eq!(s.store.used, 0, "store accounting after the runs: {s:?}");

@@ -44,6 +44,12 @@
 //! scheduler, which runs queued tasks on idle workers, forks more workers (up to
 //! [`Config::max_workers`]) or runs them nested on the blocked worker: no deadlock.
 //!
+//! # Observability
+//! [`Runtime::timeline`] writes a Chrome trace (open it in ui.perfetto.dev): a bar per run of
+//! each task, on a track per worker process and stack depth, with its attempt and outcome.
+//! [`Runtime::summary`] counts tasks by function and state (`ray summary tasks`);
+//! [`Runtime::stats`] gives the store's accounting and the worker counters.
+//!
 //! # Pipelining
 //! When every worker is busy, the scheduler sends a few more small tasks to each (up to 4) to
 //! start as soon as the running one ends, with no round trip in between: a worker runs a stream
@@ -177,6 +183,7 @@ mod runtime;
 mod scheduler;
 mod shared_flags;
 mod task;
+mod timeline;
 pub mod worker;
 
 pub use actor::{ActorHandle, ActorOptions};
@@ -192,6 +199,7 @@ pub use rayfork_plasma::{ObjectId, Pod};
 pub use runtime::Runtime;
 pub use scheduler::RuntimeStats;
 pub use task::{IntoArg, TaskOptions, gpu_ids};
+pub use timeline::{FunctionSummary, TaskSummary};
 
 /// Items the `#[remote]` macro expands to. Not a public API.
 #[doc(hidden)]

@@ -18,7 +18,7 @@ use crate::config::{Config, DEFAULT_INLINE_MAX};
 use crate::object_ref::{self, ObjectRef};
 use crate::protocol::{FromWorker, Id, TaskSpec, ToWorker};
 use crate::scheduler::{Doorbell, Event, RuntimeStats, Scheduler};
-use crate::{Array, ArrayMut, CancelMode, CancelOutcome, Error, Result};
+use crate::{Array, ArrayMut, CancelMode, CancelOutcome, Error, Result, TaskSummary};
 
 pub(crate) struct DriverBackend {
     tx: Sender<Event>,
@@ -285,6 +285,51 @@ impl Runtime {
     pub fn stats(&self) -> Result<RuntimeStats> {
         let (tx, rx) = channel();
         self.backend.send(Event::Stats(tx))?;
+        rx.recv().map_err(|_| Error::NoRuntime)
+    }
+
+    /// Writes the runs of recent tasks to `path` as a Chrome trace (JSON), to open in Perfetto
+    /// (ui.perfetto.dev) or chrome://tracing: one bar per run of a task, on a track per worker
+    /// process and depth of its stack (depth 1 and more: nested runs while the task below was
+    /// blocked in `get`), with its task id, attempt, submit time and outcome; runs in progress
+    /// show as `running`; tasks that never ran (cancelled while queued, an argument failed)
+    /// are marks on a "never ran" track. The last 100 000 runs are kept. Returns how many
+    /// events it wrote. The file is written by the calling thread; the scheduler only hands
+    /// over a copy of its records.
+    ///
+    /// ```no_run
+    /// # #[rayfork::remote] fn work(i: u32) -> u32 { i }
+    /// let rt = rayfork::Runtime::builder().start()?;
+    /// rt.get_all(&(0..100).map(work::remote).collect::<Vec<_>>())?;
+    /// rt.timeline("trace.json")?;
+    /// # Ok::<(), rayfork::Error>(())
+    /// ```
+    pub fn timeline(&self, path: impl AsRef<std::path::Path>) -> Result<usize> {
+        let (tx, rx) = channel();
+        self.backend.send(Event::Timeline(tx))?;
+        let runs = rx.recv().map_err(|_| Error::NoRuntime)?;
+        let path = path.as_ref();
+        let write = || -> std::io::Result<usize> {
+            let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+            let n = crate::timeline::write_trace(&runs, &mut out)?;
+            std::io::Write::flush(&mut out)?;
+            Ok(n)
+        };
+        write().map_err(|e| Error::os(&format!("write the timeline to {}", path.display()), e))
+    }
+
+    /// Every task so far, counted by function and state (pending, running, finished, failed,
+    /// cancelled, crashed, and runs retried after a crash); `Display` prints it as a table, as
+    /// `ray summary tasks` does.
+    ///
+    /// ```no_run
+    /// # let rt = rayfork::Runtime::builder().start()?;
+    /// println!("{}", rt.summary()?);
+    /// # Ok::<(), rayfork::Error>(())
+    /// ```
+    pub fn summary(&self) -> Result<TaskSummary> {
+        let (tx, rx) = channel();
+        self.backend.send(Event::Summary(tx))?;
         rx.recv().map_err(|_| Error::NoRuntime)
     }
 

@@ -109,6 +109,7 @@ use crate::protocol::{
     RunTask, TaskOpts, TaskSpec, ToWorker,
 };
 use crate::shared_flags::{self, SharedFlags};
+use crate::timeline::{self, Events, TaskSummary};
 use crate::{CancelOutcome, Error, fork_server, ipc};
 
 /// What driver threads ask of the scheduler thread (workers and the fork server speak on
@@ -123,6 +124,10 @@ pub(crate) enum Event {
     },
     /// A snapshot of the runtime's counters.
     Stats(Sender<RuntimeStats>),
+    /// The task runs kept for the timeline (timeline.rs).
+    Timeline(Sender<Vec<timeline::Run>>),
+    /// Tasks by function and state.
+    Summary(Sender<TaskSummary>),
     /// Stop: kill the workers and the fork server and end the thread.
     Shutdown,
 }
@@ -458,6 +463,8 @@ pub(crate) struct Scheduler {
     free_lanes: Vec<u32>,
     /// The last ticket armed in a claim cell.
     last_ticket: u64,
+    /// Task events for the timeline and the summary.
+    events: Events,
 }
 
 /// What the scheduler keeps for cancellation (rule 9).
@@ -543,6 +550,7 @@ impl Scheduler {
             stderr_tails: HashMap::new(),
             free_lanes: (0..shared_flags::LANES).rev().collect(),
             last_ticket: 0,
+            events: Events::new(),
         };
         for _ in 0..s.cfg.initial_workers() {
             s.spawn_worker();
@@ -768,6 +776,18 @@ impl Scheduler {
                 s.workers = self.workers.len();
                 let _ = tx.send(s);
             }
+            Event::Timeline(tx) => {
+                let _ = tx.send(
+                    self.events
+                        .snapshot(|id| self.tasks.get(&id).map(|t| t.name.clone())),
+                );
+            }
+            Event::Summary(tx) => {
+                let _ = tx.send(
+                    self.events
+                        .summary(|id| self.tasks.get(&id).map(|t| t.name.clone())),
+                );
+            }
             Event::Shutdown => return false,
         }
         true
@@ -918,6 +938,7 @@ impl Scheduler {
                 .is_some_and(|(cell, ticket)| self.cancel.flags.take(cell, ticket));
         if unclaimed {
             let f = w.stack.pop().expect("one frame");
+            self.events.unstarted(f.task);
             self.cpus_used -= f.cpus;
             if let Some(t) = self.tasks.get_mut(&f.task) {
                 t.attempts = t.attempts.saturating_sub(1);
@@ -957,6 +978,10 @@ impl Scheduler {
             self.release_other(&f.other);
         }
         let crash = self.crash_cause(w.pid, cause);
+        for f in &w.stack {
+            let name = self.tasks.get(&f.task).map_or("", |t| t.name.as_str());
+            self.events.ended(f.task, name, timeline::Outcome::Crashed);
+        }
         if let Some(lane) = w.lane {
             self.free_lanes.push(lane);
         }
@@ -997,6 +1022,7 @@ impl Scheduler {
             };
             t.worker = None;
             if t.attempts <= t.spec.opts.max_retries && t.spec.opts.streaming.is_none() {
+                self.events.retried(&t.name);
                 self.reset_returns(f.task);
                 self.queue.push_front(f.task);
             } else {
@@ -1341,6 +1367,7 @@ impl Scheduler {
             return self.bad(slot, "submit with a return id that exists or repeats");
         }
         let name = spec.opts.name.clone().unwrap_or_else(|| spec.func.clone());
+        self.events.submitted(id);
         // The references the spec mentions move from the submitter to the task (rule 4).
         for a in &spec.args {
             match a {
@@ -1458,6 +1485,8 @@ impl Scheduler {
         let Some(task) = self.tasks.remove(&id) else {
             return;
         };
+        self.events
+            .finished(id, &task.name, Some(timeline::Outcome::of(&result)));
         for x in task.spec.extra {
             self.extra_of.remove(&x);
             if let Err(e) = &result {
@@ -1559,6 +1588,8 @@ impl Scheduler {
         }
         if let Some(t) = self.tasks.get_mut(&task) {
             t.worker = None;
+            self.events
+                .ended(task, &t.name, timeline::Outcome::of(&result));
             let retry = matches!(&result, Err(e) if crate::task::retries_error(&t.spec.opts, e))
                 && t.attempts <= t.spec.opts.max_retries
                 && t.spec.opts.streaming.is_none();
@@ -1975,6 +2006,7 @@ impl Scheduler {
         self.acquire_other(&other);
         if let Some(w) = self.workers.get_mut(&slot) {
             w.stack.push(Frame::new(id, cpus, other, w.last_seq));
+            self.events.started(id, w.pid, w.stack.len() - 1);
         }
         self.cpus_used += cpus;
         self.send_to(slot, &ToWorker::Run(run));
@@ -2076,6 +2108,7 @@ impl Scheduler {
             claim,
             ..Frame::new(q.task, q.cpus, Held::default(), q.seq)
         });
+        self.events.started(q.task, w.pid, 0);
         self.cpus_used += q.cpus;
         self.stats.pipelined += 1;
         if let Some(t) = self.tasks.get_mut(&q.task) {
@@ -2337,6 +2370,7 @@ impl Scheduler {
 
     /// Removes a task that will not run from the task table.
     fn forget_task(&mut self, task: Id) {
+        self.events.finished(task, "", None);
         if let Some(t) = self.tasks.remove(&task) {
             for x in t.spec.extra {
                 self.extra_of.remove(&x);
@@ -2863,6 +2897,7 @@ impl Scheduler {
             if retry {
                 if let Some(t) = self.tasks.get_mut(&f.task) {
                     t.worker = None;
+                    self.events.retried(&t.name);
                 }
                 again.push(f.task);
                 continue;
