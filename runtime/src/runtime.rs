@@ -298,11 +298,17 @@ impl Runtime {
     /// over a copy of its records.
     ///
     /// ```no_run
-    /// # #[rayfork::remote] fn work(i: u32) -> u32 { i }
-    /// let rt = rayfork::Runtime::builder().start()?;
-    /// rt.get_all(&(0..100).map(work::remote).collect::<Vec<_>>())?;
-    /// rt.timeline("trace.json")?;
-    /// # Ok::<(), rayfork::Error>(())
+    /// #[rayfork::remote]
+    /// fn work(i: u32) -> u32 {
+    ///     i
+    /// }
+    ///
+    /// fn main() -> rayfork::Result<()> {
+    ///     let rt = rayfork::Runtime::builder().start()?;
+    ///     rt.get_all(&(0..100).map(work::remote).collect::<Vec<_>>())?;
+    ///     rt.timeline("trace.json")?;
+    ///     Ok(())
+    /// }
     /// ```
     pub fn timeline(&self, path: impl AsRef<std::path::Path>) -> Result<usize> {
         let (tx, rx) = channel();
