@@ -241,7 +241,8 @@ impl Events {
     /// The counts of function `name` (a new key is allocated only the first time).
     fn counts_of(&mut self, name: &str) -> &mut FunctionSummary {
         if !self.counts.contains_key(name) {
-            self.counts.insert(name.to_string(), FunctionSummary::default());
+            self.counts
+                .insert(name.to_string(), FunctionSummary::default());
         }
         self.counts.get_mut(name).expect("inserted above")
     }
