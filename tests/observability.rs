@@ -19,6 +19,11 @@ fn work(i: u64) -> u64 {
 }
 
 #[remote]
+fn plus_one(x: u64) -> u64 {
+    x + 1
+}
+
+#[remote]
 fn fails() -> Result<u64, String> {
     Err("no".into())
 }
@@ -89,8 +94,12 @@ fn timeline_and_summary_show_every_run() {
     // One CPU held by a spinning task: the next one waits, and is cancelled before it runs.
     let spinning = spin::remote();
     let never = work::options().name("never").remote(0);
-    rt.cancel(&never, CancelMode::default()).unwrap();
+    // Its dependent fails with its error, unrun: counted as failed, not cancelled.
+    let after = plus_one::remote(&never);
+    rt.cancel(&never, CancelMode::default().recursive(false))
+        .unwrap();
     assert!(matches!(rt.get(&never), Err(Error::TaskCancelled { .. })));
+    assert!(matches!(rt.get(&after), Err(Error::TaskCancelled { .. })));
     // The spinning task shows as running in a trace taken now.
     assert!(eventually(LIMIT, || rt.summary().unwrap().total().running == 1));
     let n = rt.timeline(&trace_path).unwrap();
@@ -139,11 +148,15 @@ fn timeline_and_summary_show_every_run() {
             .any(|e| name_ends(e, "::spin") && e["args"]["outcome"] == "running")
     );
     let marks = events(&trace, "i");
-    assert_eq!(marks.len(), 1, "{marks:?}");
-    assert_eq!(
-        (&marks[0]["name"], &marks[0]["args"]["outcome"]),
-        (&Value::from("never"), &Value::from("cancelled"))
-    );
+    assert_eq!(marks.len(), 2, "{marks:?}");
+    let never_ran = |name: &str| {
+        marks
+            .iter()
+            .find(|e| name_ends(e, name))
+            .map(|e| e["args"]["outcome"].as_str().unwrap().to_string())
+    };
+    assert_eq!(never_ran("never").as_deref(), Some("cancelled"));
+    assert_eq!(never_ran("::plus_one").as_deref(), Some("failed"));
     // Every process has a name.
     let named: BTreeSet<i64> = events(&trace, "M")
         .iter()
@@ -161,7 +174,12 @@ fn timeline_and_summary_show_every_run() {
             .map(|(_, v)| *v)
             .unwrap_or_else(|| panic!("no {suffix} in {s}"))
     };
-    assert_eq!(by("::work").finished, 21);
+    // By function: the task named "never" counts under `work`.
+    assert_eq!((by("::work").finished, by("::work").cancelled), (21, 1));
+    assert_eq!(
+        (by("::plus_one").failed, by("::plus_one").cancelled),
+        (1, 0)
+    );
     assert_eq!(by("::fails").failed, 1);
     assert_eq!(
         (by("::crash_once").finished, by("::crash_once").retried),
@@ -169,7 +187,6 @@ fn timeline_and_summary_show_every_run() {
     );
     assert_eq!(by("::parent").finished, 1);
     assert_eq!(by("::spin").cancelled, 1);
-    assert_eq!(by("never").cancelled, 1);
     let total = s.total();
     assert_eq!((total.pending, total.running), (0, 0));
     let table = s.to_string();

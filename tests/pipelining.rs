@@ -639,3 +639,41 @@ fn pipeline_depth_zero_queues_nothing() {
     let s = rt.stats().unwrap();
     assert_eq!((s.queued, s.pipelined, s.taken_back), (0, 0, 0), "{s:?}");
 }
+
+#[remote(num_returns = 2)]
+fn two(mark: String) -> (u64, u64) {
+    touch(&mark);
+    (1, 2)
+}
+
+/// A task with two returns queued on a worker, whose refs are dropped one after the other, is
+/// dropped unrun and leaves no object behind (the first return, kept while the task was
+/// queued, goes with it).
+#[test]
+fn a_queued_multi_return_task_dropped_ref_by_ref_leaves_nothing() {
+    let _w = watchdog(
+        "a_queued_multi_return_task_dropped_ref_by_ref_leaves_nothing",
+        LIMIT,
+    );
+    let dir = TestDir::new("multi-return");
+    let rt = runtime(1);
+    let started = dir.path("a-started");
+    let a = until_cancelled::remote(started.clone());
+    assert!(
+        eventually(PATIENCE, || Path::new(&started).exists()),
+        "task A never started"
+    );
+    let mark = dir.path("two-ran");
+    let (first, second) = two::remote(mark.clone());
+    until_stats(&rt, "the task queued behind A", |s| s.queued >= 1);
+    drop(first);
+    drop(second);
+    until_stats(&rt, "the task taken back", |s| s.taken_back >= 1);
+    assert_eq!(rayfork::cancel(&a).unwrap(), CancelOutcome::Cancelled);
+    expect_cancelled(rt.get_timeout(&a, PATIENCE));
+    assert_eq!(rt.get_timeout(&small::remote(3), PATIENCE).unwrap(), f(3));
+    assert!(!Path::new(&mark).exists(), "the dropped task ran");
+    drop(a);
+    let s = rt.stats().unwrap();
+    assert_eq!((s.tasks, s.objects), (0, 0), "{s:?}");
+}

@@ -35,6 +35,9 @@ pub(crate) const DEFAULT_PIPELINE_DEPTH: usize = 4;
 /// The largest `pipeline_depth`: a worker's claim cells (shared_flags.rs) bound it.
 pub(crate) const MAX_PIPELINE_DEPTH: usize = crate::shared_flags::RING as usize;
 
+/// The most GPUs a runtime declares (each is a device the scheduler keeps a share of).
+pub(crate) const MAX_GPUS: f64 = 1024.0;
+
 /// How long a cancelled running task has to stop on its own before its worker is killed.
 pub(crate) const DEFAULT_CANCEL_GRACE: Duration = Duration::from_millis(100);
 
@@ -84,10 +87,15 @@ impl Config {
     }
 
     /// GPUs the scheduler hands out (default 0: a task asking for a GPU fails with
-    /// [`Error::Unschedulable`](crate::Error::Unschedulable)). rayfork only counts them, as
-    /// Ray's scheduler does; it does not bind devices to processes.
+    /// [`Error::Unschedulable`](crate::Error::Unschedulable)), as devices numbered from 0
+    /// (see [`gpu_ids`](crate::gpu_ids)); at most 1024. rayfork does not look at the hardware:
+    /// declare what the machine has.
     pub fn num_gpus(mut self, n: f64) -> Self {
-        self.num_gpus = if n.is_finite() { n.max(0.0) } else { 0.0 };
+        self.num_gpus = if n.is_finite() {
+            n.clamp(0.0, MAX_GPUS)
+        } else {
+            0.0
+        };
         self
     }
 

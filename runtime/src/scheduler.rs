@@ -189,7 +189,9 @@ pub struct RuntimeStats {
     pub peak_workers: usize,
     /// Workers retired after reaching a task's `max_calls` (rule 7).
     pub workers_retired: u64,
-    /// Tasks sent to wait on a busy worker (rule 11).
+    /// Tasks sent to wait on a busy worker (rule 11): each was started from there
+    /// (`pipelined`), taken back (`taken_back`), is still there, or went back to the queue
+    /// when its worker died.
     pub queued: u64,
     /// Tasks started from a busy worker's queue, without a round trip (rule 11).
     pub pipelined: u64,
@@ -463,6 +465,9 @@ pub(crate) struct Scheduler {
     free_lanes: Vec<u32>,
     /// The last ticket armed in a claim cell.
     last_ticket: u64,
+    /// Tasks queued on workers now (the sum of their `queued`), so that `balance` costs
+    /// nothing when there are none.
+    queued_now: usize,
     /// Task events for the timeline and the summary.
     events: Events,
 }
@@ -550,6 +555,7 @@ impl Scheduler {
             stderr_tails: HashMap::new(),
             free_lanes: (0..shared_flags::LANES).rev().collect(),
             last_ticket: 0,
+            queued_now: 0,
             events: Events::new(),
         };
         for _ in 0..s.cfg.initial_workers() {
@@ -785,7 +791,7 @@ impl Scheduler {
             Event::Summary(tx) => {
                 let _ = tx.send(
                     self.events
-                        .summary(|id| self.tasks.get(&id).map(|t| t.name.clone())),
+                        .summary(|id| self.tasks.get(&id).map(|t| t.spec.func.clone())),
                 );
             }
             Event::Shutdown => return false,
@@ -939,6 +945,8 @@ impl Scheduler {
         if unclaimed {
             let f = w.stack.pop().expect("one frame");
             self.events.unstarted(f.task);
+            self.stats.pipelined = self.stats.pipelined.saturating_sub(1);
+            self.queued_now += 1;
             self.cpus_used -= f.cpus;
             if let Some(t) = self.tasks.get_mut(&f.task) {
                 t.attempts = t.attempts.saturating_sub(1);
@@ -980,12 +988,18 @@ impl Scheduler {
         let crash = self.crash_cause(w.pid, cause);
         for f in &w.stack {
             let name = self.tasks.get(&f.task).map_or("", |t| t.name.as_str());
-            self.events.ended(f.task, name, timeline::Outcome::Crashed);
+            let outcome = if self.cancel.running.contains(&f.task) {
+                timeline::Outcome::Cancelled
+            } else {
+                timeline::Outcome::Crashed
+            };
+            self.events.ended(f.task, name, outcome);
         }
         if let Some(lane) = w.lane {
             self.free_lanes.push(lane);
         }
         // Rule 11: its queued tasks never started; they go back in order, no attempt used.
+        self.queued_now = self.queued_now.saturating_sub(w.queued.len());
         for q in w.queued.iter().rev() {
             let Some(t) = self.tasks.get_mut(&q.task) else {
                 continue;
@@ -1022,7 +1036,7 @@ impl Scheduler {
             };
             t.worker = None;
             if t.attempts <= t.spec.opts.max_retries && t.spec.opts.streaming.is_none() {
-                self.events.retried(&t.name);
+                self.events.retried(&t.spec.func);
                 self.reset_returns(f.task);
                 self.queue.push_front(f.task);
             } else {
@@ -1243,7 +1257,22 @@ impl Scheduler {
                 if unstarted && !self.any_return_alive(task) {
                     self.queue.retain(|&q| q != task);
                     self.release_task_args(task);
+                    // Its other returns may have been kept with no refs while it was queued on
+                    // a worker (rule 11): with the task gone, they go too.
+                    let rets: Vec<Id> = std::iter::once(task)
+                        .chain(
+                            self.tasks
+                                .get(&task)
+                                .map_or(&[][..], |t| &t.spec.extra[..])
+                                .iter()
+                                .copied(),
+                        )
+                        .collect();
                     self.forget_task(task);
+                    stack.extend(
+                        rets.into_iter()
+                            .filter(|r| self.objects.get(r).is_some_and(|o| o.refs <= 0)),
+                    );
                 }
             }
         }
@@ -1481,12 +1510,24 @@ impl Scheduler {
     /// Stores a task's final result and wakes whoever waits for it. An error fails all its
     /// return objects (rule 6); values of extra returns are set by `finish_task_all` first.
     fn finish_task(&mut self, id: Id, result: Result<(Payload, Vec<Id>), Error>) {
+        let outcome = timeline::Outcome::of(&result);
+        self.finish_task_as(id, result, outcome);
+    }
+
+    /// `finish_task`, counted in the summary as `outcome` (a task whose argument failed is
+    /// `Failed`, whatever error it passes on).
+    fn finish_task_as(
+        &mut self,
+        id: Id,
+        result: Result<(Payload, Vec<Id>), Error>,
+        outcome: timeline::Outcome,
+    ) {
         self.release_task_args(id);
         let Some(task) = self.tasks.remove(&id) else {
             return;
         };
         self.events
-            .finished(id, &task.name, Some(timeline::Outcome::of(&result)));
+            .finished(id, &task.spec.func, &task.name, Some(outcome));
         for x in task.spec.extra {
             self.extra_of.remove(&x);
             if let Err(e) = &result {
@@ -1638,7 +1679,7 @@ impl Scheduler {
                         // A task whose argument failed fails with that error, unrun.
                         if self.tasks.get(&t).is_some_and(|t| t.worker.is_none()) {
                             self.queue.retain(|&q| q != t);
-                            self.finish_task(t, Err(err.clone()));
+                            self.finish_task_as(t, Err(err.clone()), timeline::Outcome::Failed);
                         }
                         continue;
                     }
@@ -1991,7 +2032,7 @@ impl Scheduler {
     fn start_task(&mut self, slot: u32, id: Id, cpus: f64) {
         let mut run = match self.run_message(id) {
             Ok(run) => run,
-            Err(e) => return self.finish_task(id, Err(e)),
+            Err(e) => return self.finish_task_as(id, Err(e), timeline::Outcome::Failed),
         };
         let t = self.tasks.get_mut(&id).expect("run_message found it");
         t.attempts += 1;
@@ -2059,7 +2100,7 @@ impl Scheduler {
     fn queue_on(&mut self, slot: u32, id: Id, cpus: f64) {
         let run = match self.run_message(id) {
             Ok(run) => run,
-            Err(e) => return self.finish_task(id, Err(e)),
+            Err(e) => return self.finish_task_as(id, Err(e), timeline::Outcome::Failed),
         };
         let Some(w) = self.workers.get_mut(&slot) else {
             return;
@@ -2074,6 +2115,7 @@ impl Scheduler {
             cpus,
         };
         w.queued.push_back(q);
+        self.queued_now += 1;
         self.stats.queued += 1;
         let cell = shared_flags::cell(lane, q.seq);
         self.cancel.flags.arm(cell, q.ticket);
@@ -2110,6 +2152,7 @@ impl Scheduler {
         });
         self.events.started(q.task, w.pid, 0);
         self.cpus_used += q.cpus;
+        self.queued_now = self.queued_now.saturating_sub(1);
         self.stats.pipelined += 1;
         if let Some(t) = self.tasks.get_mut(&q.task) {
             t.attempts += 1;
@@ -2137,6 +2180,7 @@ impl Scheduler {
             return false;
         }
         w.queued.remove(index);
+        self.queued_now = self.queued_now.saturating_sub(1);
         self.stats.taken_back += 1;
         if let Some(t) = self.tasks.get_mut(&q.task) {
             t.worker = None;
@@ -2212,7 +2256,11 @@ impl Scheduler {
     /// Newest first, from the busiest worker first. Not while a frame waits to resume (rule 1),
     /// nor while a task in the queue could start: that one goes first.
     fn balance(&mut self) {
-        while self.resume.is_empty() && self.next_startable().is_none() && self.can_place() {
+        while self.queued_now > 0
+            && self.resume.is_empty()
+            && self.next_startable().is_none()
+            && self.can_place()
+        {
             let mut victims: Vec<(usize, u32)> = self
                 .workers
                 .iter()
@@ -2370,8 +2418,8 @@ impl Scheduler {
 
     /// Removes a task that will not run from the task table.
     fn forget_task(&mut self, task: Id) {
-        self.events.finished(task, "", None);
         if let Some(t) = self.tasks.remove(&task) {
+            self.events.finished(task, &t.spec.func, &t.name, None);
             for x in t.spec.extra {
                 self.extra_of.remove(&x);
             }
@@ -2897,7 +2945,7 @@ impl Scheduler {
             if retry {
                 if let Some(t) = self.tasks.get_mut(&f.task) {
                     t.worker = None;
-                    self.events.retried(&t.name);
+                    self.events.retried(&t.spec.func);
                 }
                 again.push(f.task);
                 continue;

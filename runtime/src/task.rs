@@ -446,8 +446,9 @@ pub fn arg_error(e: Error) -> Outcome {
 /// puts the old value back after), as Ray does, so CUDA libraries see only these devices. A
 /// CUDA library reads it once per process, at its first use: give GPU tasks `max_calls = 1`
 /// when different calls must see different devices. The variable is changed only while the
-/// worker process has a single thread (changing the environment is unsound otherwise); a task
-/// that leaves threads of its own running should pass these ids to its library instead.
+/// worker process has a single thread (changing the environment is unsound otherwise): once a
+/// task leaves threads of its own running, that worker can no longer change it and says so
+/// on stderr; tasks should then pass these ids to their library instead.
 ///
 /// ```no_run
 /// #[rayfork::remote(num_gpus = 1, max_calls = 1)]

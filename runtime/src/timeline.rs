@@ -96,9 +96,13 @@ pub struct FunctionSummary {
     pub crashed: u64,
     /// Runs lost to a worker's death and retried.
     pub retried: u64,
+    /// Dropped before they ran: nobody held their results any more.
+    pub dropped: u64,
 }
 
 /// Tasks by function and state: `ray summary tasks` for rayfork. See `Runtime::summary`.
+/// Functions are the registered `#[remote]` paths (a task's `name` option shows in the
+/// timeline, not here).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TaskSummary {
     /// One entry per function (its task name), sorted by name.
@@ -117,6 +121,7 @@ impl TaskSummary {
             t.cancelled += f.cancelled;
             t.crashed += f.crashed;
             t.retried += f.retried;
+            t.dropped += f.dropped;
         }
         t
     }
@@ -133,7 +138,7 @@ impl fmt::Display for TaskSummary {
             .max(8);
         writeln!(
             f,
-            "{:<w$} {:>8} {:>8} {:>9} {:>7} {:>9} {:>8} {:>8}",
+            "{:<w$} {:>8} {:>8} {:>9} {:>7} {:>9} {:>8} {:>8} {:>8}",
             "function",
             "pending",
             "running",
@@ -141,13 +146,22 @@ impl fmt::Display for TaskSummary {
             "failed",
             "cancelled",
             "crashed",
-            "retried"
+            "retried",
+            "dropped"
         )?;
         let row = |f: &mut fmt::Formatter<'_>, name: &str, s: &FunctionSummary| {
             writeln!(
                 f,
-                "{:<w$} {:>8} {:>8} {:>9} {:>7} {:>9} {:>8} {:>8}",
-                name, s.pending, s.running, s.finished, s.failed, s.cancelled, s.crashed, s.retried
+                "{:<w$} {:>8} {:>8} {:>9} {:>7} {:>9} {:>8} {:>8} {:>8}",
+                name,
+                s.pending,
+                s.running,
+                s.finished,
+                s.failed,
+                s.cancelled,
+                s.crashed,
+                s.retried,
+                s.dropped
             )
         };
         for (name, s) in &self.by_function {
@@ -232,29 +246,34 @@ impl Events {
         self.keep(run);
     }
 
-    /// A run of a task of function `name` was lost to a crash and the task goes back to the
+    /// A run of a task of function `func` was lost to a crash and the task goes back to the
     /// queue.
-    pub(crate) fn retried(&mut self, name: &str) {
-        self.counts_of(name).retried += 1;
+    pub(crate) fn retried(&mut self, func: &str) {
+        self.counts_of(func).retried += 1;
     }
 
-    /// The counts of function `name` (a new key is allocated only the first time).
-    fn counts_of(&mut self, name: &str) -> &mut FunctionSummary {
-        if !self.counts.contains_key(name) {
+    /// The counts of function `func` (a new key is allocated only the first time; functions
+    /// are the registered ones, so the map stays small whatever the tasks are named).
+    fn counts_of(&mut self, func: &str) -> &mut FunctionSummary {
+        if !self.counts.contains_key(func) {
             self.counts
-                .insert(name.to_string(), FunctionSummary::default());
+                .insert(func.to_string(), FunctionSummary::default());
         }
-        self.counts.get_mut(name).expect("inserted above")
+        self.counts.get_mut(func).expect("inserted above")
     }
 
-    /// The task is done for good (or dropped unstarted: `None`).
-    pub(crate) fn finished(&mut self, task: Id, name: &str, outcome: Option<Outcome>) {
+    /// The task (a call of function `func`, named `name`) is done for good, or was dropped
+    /// unstarted (`None`).
+    pub(crate) fn finished(&mut self, task: Id, func: &str, name: &str, outcome: Option<Outcome>) {
         let now = self.now();
         let Some(o) = self.open.remove(&task) else {
             return;
         };
-        let Some(outcome) = outcome else { return };
-        let c = self.counts_of(name);
+        let c = self.counts_of(func);
+        let Some(outcome) = outcome else {
+            c.dropped += 1;
+            return;
+        };
         match outcome {
             Outcome::Finished => c.finished += 1,
             Outcome::Failed => c.failed += 1,
@@ -410,9 +429,9 @@ mod tests {
         e.retried("f");
         e.started(1, 101, 0);
         e.ended(1, "f", Outcome::Finished);
-        e.finished(1, "f", Some(Outcome::Finished));
+        e.finished(1, "f", "f", Some(Outcome::Finished));
         e.submitted(2);
-        e.finished(2, "g", Some(Outcome::Cancelled));
+        e.finished(2, "g", "g", Some(Outcome::Cancelled));
         e.submitted(3);
         e.started(3, 100, 1);
         let s = e.summary(|id| (id == 3).then(|| "h".to_string()));
@@ -454,7 +473,7 @@ mod tests {
         let mut e = Events::new();
         for id in 0..(KEPT as Id + 10) {
             e.submitted(id);
-            e.finished(id, "f", Some(Outcome::Failed));
+            e.finished(id, "f", "f", Some(Outcome::Failed));
         }
         assert_eq!(e.runs.len(), KEPT);
         assert_eq!(e.runs.front().map(|r| r.task), Some(10));

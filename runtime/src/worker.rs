@@ -69,6 +69,8 @@ pub(crate) struct WorkerBackend {
     tag: AtomicU64,
     /// The GPU devices of the running frame's task (`rayfork::gpu_ids`).
     gpus: Mutex<Vec<u32>>,
+    /// What this worker did to `CUDA_VISIBLE_DEVICES`.
+    cuda_env: Mutex<CudaEnv>,
 }
 
 static BACKEND: OnceLock<Arc<WorkerBackend>> = OnceLock::new();
@@ -102,6 +104,11 @@ pub(crate) fn run(
         depth: AtomicUsize::new(0),
         tag: AtomicU64::new(0),
         gpus: Mutex::new(Vec::new()),
+        cuda_env: Mutex::new(CudaEnv {
+            original: std::env::var_os(CUDA_VISIBLE_DEVICES),
+            touched: false,
+            warned: false,
+        }),
     });
     if BACKEND.set(backend.clone()).is_err() {
         return 3;
@@ -140,11 +147,12 @@ enum Next {
 /// The environment variable CUDA libraries read to choose their devices.
 const CUDA_VISIBLE_DEVICES: &str = "CUDA_VISIBLE_DEVICES";
 
-/// What a frame with GPUs changed: the outer frame's devices, and the environment value to put
-/// back (`Some(None)`: remove it) if it set `CUDA_VISIBLE_DEVICES`.
-struct GpuFrame {
-    outer: Vec<u32>,
-    env: Option<Option<std::ffi::OsString>>,
+/// `CUDA_VISIBLE_DEVICES` in a worker: the value it started with (what a frame without GPUs
+/// sees), whether rayfork ever changed it, and whether it warned that it could not.
+struct CudaEnv {
+    original: Option<std::ffi::OsString>,
+    touched: bool,
+    warned: bool,
 }
 
 /// Sets (`Some`) or removes (`None`) an environment variable if this process has no thread but
@@ -265,9 +273,9 @@ impl WorkerBackend {
         // This frame's place on the stack, as the scheduler counts it (rule 9 in scheduler.rs).
         let depth = self.depth.fetch_add(1, Ordering::Relaxed);
         let outer = self.tag.swap(shared_flags::tag(task), Ordering::Relaxed);
-        let restore = self.enter_gpus(gpus);
+        let outer_gpus = self.enter_gpus(gpus);
         let outcome = self.invoke(task, &func, &name, &args);
-        self.leave_gpus(restore);
+        self.enter_gpus(outer_gpus);
         self.tag.store(outer, Ordering::Relaxed);
         self.depth.store(depth, Ordering::Relaxed);
         drop(args);
@@ -315,29 +323,42 @@ impl WorkerBackend {
         }
     }
 
-    /// Makes `gpus` the running frame's devices; for a task with GPUs, also sets
-    /// `CUDA_VISIBLE_DEVICES` to them when it safely can (`set_env_alone`). Returns what
-    /// `leave_gpus` restores.
-    fn enter_gpus(&self, gpus: Vec<u32>) -> GpuFrame {
-        let env = if gpus.is_empty() {
-            None
-        } else {
-            let list: Vec<String> = gpus.iter().map(u32::to_string).collect();
-            let before = std::env::var_os(CUDA_VISIBLE_DEVICES);
-            set_env_alone(CUDA_VISIBLE_DEVICES, Some(list.join(",").as_ref())).then_some(before)
-        };
-        let outer = std::mem::replace(
+    /// Makes `gpus` the running frame's devices and returns the previous frame's (entering a
+    /// frame, and leaving it with the outer frame's devices).
+    fn enter_gpus(&self, gpus: Vec<u32>) -> Vec<u32> {
+        self.sync_cuda_env(&gpus);
+        std::mem::replace(
             &mut *self.gpus.lock().unwrap_or_else(|e| e.into_inner()),
             gpus,
-        );
-        GpuFrame { outer, env }
+        )
     }
 
-    fn leave_gpus(&self, frame: GpuFrame) {
-        *self.gpus.lock().unwrap_or_else(|e| e.into_inner()) = frame.outer;
-        if let Some(before) = frame.env {
-            // Left as the task set it if the task left threads running (see `gpu_ids`).
-            set_env_alone(CUDA_VISIBLE_DEVICES, before.as_deref());
+    /// Makes `CUDA_VISIBLE_DEVICES` list `devices`, or hold the worker's original value for a
+    /// frame without GPUs. Once a task left threads running the environment cannot safely
+    /// change (`set_env_alone`): the worker then says so on stderr, once, and tasks must rely
+    /// on `gpu_ids()`.
+    fn sync_cuda_env(&self, devices: &[u32]) {
+        let mut env = self.cuda_env.lock().unwrap_or_else(|e| e.into_inner());
+        if devices.is_empty() && !env.touched {
+            return;
+        }
+        let want = if devices.is_empty() {
+            env.original.clone()
+        } else {
+            let list: Vec<String> = devices.iter().map(u32::to_string).collect();
+            Some(list.join(",").into())
+        };
+        if std::env::var_os(CUDA_VISIBLE_DEVICES) == want {
+            return;
+        }
+        if set_env_alone(CUDA_VISIBLE_DEVICES, want.as_deref()) {
+            env.touched = true;
+        } else if !std::mem::replace(&mut env.warned, true) {
+            eprintln!(
+                "rayfork worker {}: CUDA_VISIBLE_DEVICES cannot be changed any more (a task left \
+                 threads running in this process); tasks here must use rayfork::gpu_ids()",
+                self.slot
+            );
         }
     }
 
