@@ -74,6 +74,9 @@ struct Tally {
     ok: u64,
     failed: u64,
     cancelled: u64,
+    /// Nested and pipeline jobs submitted (only the driver submits those two functions).
+    nested: u64,
+    pipelines: u64,
 }
 
 fn check(job: Job, cancel: Option<CancelOutcome>, t: &mut Tally) {
@@ -152,6 +155,7 @@ fn round(rt: &Runtime, rng: &mut SmallRng, n: usize, t: &mut Tally) {
         let job = match rng.random_range(0..10) {
             0..=4 => Job::Square(square::remote(i, rng.random_range(0..2000)), i * i),
             5 | 6 => {
+                t.nested += 1;
                 let k = rng.random_range(1..6);
                 Job::Nested(sum_of_squares::remote(k), (0..k).map(|j| j * j).sum())
             }
@@ -161,6 +165,7 @@ fn round(rt: &Runtime, rng: &mut SmallRng, n: usize, t: &mut Tally) {
                 Job::ArrayMake(array_make::remote(n), n)
             }
             _ => {
+                t.pipelines += 1;
                 let n = rng.random_range(1_000..50_000u64);
                 Job::Pipeline(array_pipeline::remote(n as usize), n * (n - 1) / 2)
             }
@@ -263,6 +268,24 @@ fn random_worker_kills_lose_and_leak_nothing() {
     let s = rt.stats().unwrap();
     assert!(settled, "accounting did not return to zero: {s:?}");
     assert!(s.workers_died >= kills.min(1), "{s:?}");
+    // The task summary agrees: nothing pending or running, every task the driver submitted
+    // ended exactly once (retries and kills included), and no fewer successes than it saw.
+    let summary = rt.summary().unwrap();
+    let total = summary.total();
+    assert_eq!((total.pending, total.running), (0, 0), "{summary}");
+    assert!(total.finished >= t.ok, "{summary}");
+    let ended = |suffix: &str| {
+        let f = summary
+            .by_function
+            .iter()
+            .find(|(k, _)| k.ends_with(suffix))
+            .map(|(_, f)| *f)
+            .unwrap_or_default();
+        f.finished + f.failed + f.cancelled + f.crashed + f.dropped
+    };
+    assert_eq!(ended("::sum_of_squares"), t.nested, "{summary}");
+    assert_eq!(ended("::array_pipeline"), t.pipelines, "{summary}");
+    assert!(total.retried > 0 || total.crashed > 0, "{summary}");
     // The pool still works.
     assert_eq!(rt.get(&square::remote(12, 0)).unwrap(), 144);
     let workers = children_of(fork_server);
