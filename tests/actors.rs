@@ -357,3 +357,29 @@ fn max_task_retries_runs_a_crashed_call_again_on_the_restarted_actor() {
     ));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Calls sent to wait on the actor's process behind a call that crashes it (pipelining, rule 11
+/// in scheduler.rs) never ran there: after the restart they all run, once each, in order.
+#[test]
+fn calls_queued_behind_a_crash_run_in_order_after_the_restart() {
+    let _w = watchdog(
+        "calls_queued_behind_a_crash_run_in_order_after_the_restart",
+        LIMIT,
+    );
+    let rt = runtime();
+    let c = Counter::options().max_restarts(1).remote(0);
+    let pid1 = rt.get(&c.pid()).unwrap();
+    let crash = c.crash();
+    let adds: Vec<_> = (1..=50).map(|i| c.add(i)).collect();
+    assert!(matches!(rt.get(&crash), Err(Error::ActorDied { .. })));
+    let totals = rt.get_all(&adds).unwrap();
+    let want: Vec<i64> = (1..=50)
+        .scan(0, |s, i| {
+            *s += i;
+            Some(*s)
+        })
+        .collect();
+    assert_eq!(totals, want);
+    assert_eq!(rt.get(&c.seen()).unwrap(), (1..=50).collect::<Vec<i64>>());
+    assert_ne!(rt.get(&c.pid()).unwrap(), pid1);
+}
