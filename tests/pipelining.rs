@@ -122,6 +122,18 @@ fn until_cancelled(started: String) -> u64 {
     polls
 }
 
+/// Starts `until_cancelled` and waits until it runs (it announces itself in `dir`'s file
+/// `name`): from then on it holds a CPU and its worker until it is cancelled.
+fn start_long(dir: &TestDir, name: &str) -> ObjectRef<u64> {
+    let started = dir.path(name);
+    let long = until_cancelled::remote(started.clone());
+    assert!(
+        eventually(PATIENCE, || Path::new(&started).exists()),
+        "the long task never started"
+    );
+    long
+}
+
 /// Waits for `go`, then `f(x)`.
 #[remote]
 fn gated(go: String, x: u64) -> u64 {
@@ -316,12 +328,7 @@ fn a_task_queued_behind_a_long_one_moves_to_an_idle_worker() {
     );
     let dir = TestDir::new("balance");
     let rt = runtime(2);
-    let started = dir.path("long-started");
-    let long = until_cancelled::remote(started.clone());
-    assert!(
-        eventually(PATIENCE, || Path::new(&started).exists()),
-        "the long task never started"
-    );
+    let long = start_long(&dir, "long-started");
     const SHORT: u64 = 50;
     let go = dir.path("go");
     let shorts: Vec<ObjectRef<u64>> = (0..SHORT).map(|i| gated::remote(go.clone(), i)).collect();
@@ -364,12 +371,7 @@ fn a_cancelled_queued_task_resolves_at_once_and_never_runs() {
     );
     let dir = TestDir::new("cancel");
     let rt = runtime(1);
-    let started = dir.path("a-started");
-    let a = until_cancelled::remote(started.clone());
-    assert!(
-        eventually(PATIENCE, || Path::new(&started).exists()),
-        "task A never started"
-    );
+    let a = start_long(&dir, "a-started");
     let mark = dir.path("b-ran");
     let b = must_not_run::remote(mark.clone());
     // One CPU, held by A: B can only wait queued on A's worker.
@@ -579,12 +581,7 @@ fn a_blocked_frames_cpu_serves_tasks_queued_on_other_workers() {
         .get_all(&[meet::remote(m1.clone(), m2.clone()), meet::remote(m2, m1)])
         .unwrap();
     assert_ne!(pids[0], pids[1]);
-    let started = dir.path("long-started");
-    let long = until_cancelled::remote(started.clone());
-    assert!(
-        eventually(PATIENCE, || Path::new(&started).exists()),
-        "the long task never started"
-    );
+    let long = start_long(&dir, "long-started");
     let go = dir.path("go");
     let parent = parent_of_one::remote(go.clone());
     until_stats(&rt, "the child queued", |s| s.queued >= 1);
@@ -603,12 +600,7 @@ fn a_queued_task_nobody_waits_for_is_dropped_unrun() {
     let _w = watchdog("a_queued_task_nobody_waits_for_is_dropped_unrun", LIMIT);
     let dir = TestDir::new("unwanted");
     let rt = runtime(1);
-    let started = dir.path("a-started");
-    let a = until_cancelled::remote(started.clone());
-    assert!(
-        eventually(PATIENCE, || Path::new(&started).exists()),
-        "task A never started"
-    );
+    let a = start_long(&dir, "a-started");
     let mark = dir.path("b-ran");
     let b = must_not_run::remote(mark.clone());
     until_stats(&rt, "B queued behind A", |s| s.queued >= 1);
@@ -657,12 +649,7 @@ fn a_queued_multi_return_task_dropped_ref_by_ref_leaves_nothing() {
     );
     let dir = TestDir::new("multi-return");
     let rt = runtime(1);
-    let started = dir.path("a-started");
-    let a = until_cancelled::remote(started.clone());
-    assert!(
-        eventually(PATIENCE, || Path::new(&started).exists()),
-        "task A never started"
-    );
+    let a = start_long(&dir, "a-started");
     let mark = dir.path("two-ran");
     let (first, second) = two::remote(mark.clone());
     until_stats(&rt, "the task queued behind A", |s| s.queued >= 1);

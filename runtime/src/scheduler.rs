@@ -377,6 +377,12 @@ struct Worker {
 }
 
 impl Worker {
+    /// True for a pool worker that is up, connected and takes work (not an actor's, not
+    /// retiring: rules 7, 8).
+    fn takes_pool_work(&self) -> bool {
+        self.actor.is_none() && self.ready && self.stream.is_some() && !self.retiring
+    }
+
     /// True if a task needing `cpus` can be queued behind its running frame, with at most
     /// `depth` tasks queued (rule 11).
     fn can_queue(&self, cpus: f64, depth: usize) -> bool {
@@ -1980,13 +1986,7 @@ impl Scheduler {
     fn idle_worker(&self) -> Option<u32> {
         self.workers
             .iter()
-            .filter(|(_, w)| {
-                w.actor.is_none()
-                    && w.ready
-                    && w.stream.is_some()
-                    && w.stack.is_empty()
-                    && !w.retiring
-            })
+            .filter(|(_, w)| w.takes_pool_work() && w.stack.is_empty())
             .map(|(&s, _)| s)
             .min()
     }
@@ -2293,10 +2293,7 @@ impl Scheduler {
         self.workers
             .iter()
             .filter(|(_, w)| {
-                w.actor.is_none()
-                    && w.ready
-                    && w.stream.is_some()
-                    && !w.retiring
+                w.takes_pool_work()
                     && w.stack
                         .last()
                         .is_some_and(|f| f.blocked.is_some() && f.pending.is_none())

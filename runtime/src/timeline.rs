@@ -79,6 +79,24 @@ struct Open {
     attempts: u32,
 }
 
+impl Open {
+    /// Its current run (if any) as it stands at `now`; `outcome: None` while in progress.
+    fn run(&self, task: Id, name: String, now: u64, outcome: Option<Outcome>) -> Option<Run> {
+        let (started, pid, depth) = self.running?;
+        Some(Run {
+            task,
+            name,
+            attempt: self.attempts,
+            submitted: self.submitted,
+            started: Some(started),
+            ended: now,
+            pid,
+            depth,
+            outcome,
+        })
+    }
+}
+
 /// The counts of one function's tasks (see [`TaskSummary`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FunctionSummary {
@@ -229,21 +247,11 @@ impl Events {
         let Some(o) = self.open.get_mut(&task) else {
             return;
         };
-        let Some((started, pid, depth)) = o.running.take() else {
-            return;
-        };
-        let run = Run {
-            task,
-            name: name.to_string(),
-            attempt: o.attempts,
-            submitted: o.submitted,
-            started: Some(started),
-            ended: now,
-            pid,
-            depth,
-            outcome: Some(outcome),
-        };
-        self.keep(run);
+        let run = o.run(task, name.to_string(), now, Some(outcome));
+        o.running = None;
+        if let Some(run) = run {
+            self.keep(run);
+        }
     }
 
     /// A run of a task of function `func` was lost to a crash and the task goes back to the
@@ -324,18 +332,9 @@ impl Events {
         let now = self.now();
         let mut runs: Vec<Run> = self.runs.iter().cloned().collect();
         for (&id, o) in &self.open {
-            if let (Some((started, pid, depth)), Some(name)) = (o.running, name_of(id)) {
-                runs.push(Run {
-                    task: id,
-                    name,
-                    attempt: o.attempts,
-                    submitted: o.submitted,
-                    started: Some(started),
-                    ended: now,
-                    pid,
-                    depth,
-                    outcome: None,
-                });
+            if o.running.is_some() {
+                let name = name_of(id).unwrap_or_default();
+                runs.extend(o.run(id, name, now, None));
             }
         }
         runs
