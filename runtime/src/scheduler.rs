@@ -94,6 +94,7 @@ use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, ppoll};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::MsgFlags;
 use nix::sys::time::TimeSpec;
@@ -365,6 +366,8 @@ struct Worker {
     retiring: bool,
     /// Sent `Exit`: its end is a retirement (rule 7).
     retired: bool,
+    /// Its socket is in the epoll set for writability too (output is waiting for room).
+    out_armed: bool,
     /// Its lane of claim cells, if one was free when it was forked (rule 11).
     lane: Option<u32>,
     /// Tasks queued on it, in the order sent (rule 11).
@@ -474,6 +477,11 @@ pub(crate) struct Scheduler {
     /// Tasks queued on workers now (the sum of their `queued`), so that `balance` costs
     /// nothing when there are none.
     queued_now: usize,
+    /// Every socket the scheduler reads (workers by slot, the fork server, the doorbell): a
+    /// loop turn costs the sockets that have something, not one poll entry per worker.
+    epoll: Epoll,
+    /// The buffer `epoll` fills.
+    ready: Vec<EpollEvent>,
     /// Task events for the timeline and the summary.
     events: Events,
 }
@@ -507,6 +515,12 @@ impl Cancels {
 
 const EPS: f64 = 1e-9;
 
+/// The epoll tokens of the fork server's socket and the doorbell; a worker's is its slot.
+const FORK_TOKEN: u64 = u64::MAX;
+const BELL_TOKEN: u64 = u64::MAX - 1;
+/// Events taken from epoll per call.
+const READY_EVENTS: usize = 64;
+
 /// How long the scheduler does not spin after asking the fork server for a fork or a kill: the
 /// fork server needs a CPU to do it (and to reap and report), and on 2 CPUs a spinning
 /// scheduler and driver held it back by milliseconds (force cancel 2.2 ms median against
@@ -529,6 +543,17 @@ impl Scheduler {
         let (fork_child, fork) =
             fork_server::spawn(&program, arena.fd().as_raw_fd(), flags.fd().as_raw_fd())?;
         let gpus = Gpus::new(cfg.num_gpus);
+        let os = |what: &'static str| move |e: nix::Error| Error::os(what, std::io::Error::from(e));
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(os("epoll_create1"))?;
+        epoll
+            .add(&fork, EpollEvent::new(EpollFlags::EPOLLIN, FORK_TOKEN))
+            .map_err(os("epoll_ctl"))?;
+        epoll
+            .add(
+                bell.fd.as_fd(),
+                EpollEvent::new(EpollFlags::EPOLLIN, BELL_TOKEN),
+            )
+            .map_err(os("epoll_ctl"))?;
         let mut s = Scheduler {
             store: Store::new(arena),
             cfg,
@@ -562,6 +587,8 @@ impl Scheduler {
             free_lanes: (0..shared_flags::LANES).rev().collect(),
             last_ticket: 0,
             queued_now: 0,
+            epoll,
+            ready: vec![EpollEvent::empty(); READY_EVENTS],
             events: Events::new(),
         };
         for _ in 0..s.cfg.initial_workers() {
@@ -588,7 +615,7 @@ impl Scheduler {
                     Err(TryRecvError::Disconnected) => break 'run,
                 }
             }
-            worked |= self.poll_sockets(Some(Duration::ZERO), false);
+            worked |= self.poll_sockets(None);
             self.expire_deadlines();
             self.dispatch();
             self.flush();
@@ -622,7 +649,7 @@ impl Scheduler {
             let timeout = self
                 .next_deadline()
                 .map(|d| d.saturating_duration_since(Instant::now()));
-            self.poll_sockets(timeout, true);
+            self.poll_sockets(Some(timeout));
             self.bell.sleeping.store(false, Ordering::SeqCst);
             self.bell.drain();
             last_work = Instant::now();
@@ -630,61 +657,41 @@ impl Scheduler {
         self.shutdown();
     }
 
-    /// Polls the fork server's socket and every worker's, handles what arrived, and sends what
-    /// was waiting for room. With `bell`, the doorbell is polled too. True if anything happened.
-    fn poll_sockets(&mut self, timeout: Option<Duration>, bell: bool) -> bool {
-        let mut slots = Vec::with_capacity(self.workers.len());
-        let ready: Vec<PollFlags> = {
-            let mut fds = Vec::with_capacity(self.workers.len() + 2);
-            // A closed socket reports POLLHUP whatever is asked: poll it only while open.
-            if self.fork_alive {
-                fds.push(PollFd::new(self.fork.as_fd(), PollFlags::POLLIN));
-            }
-            if bell {
-                fds.push(PollFd::new(self.bell.fd.as_fd(), PollFlags::POLLIN));
-            }
-            for (&slot, w) in &self.workers {
-                if let Some(stream) = &w.stream {
-                    let mut flags = PollFlags::POLLIN;
-                    if !w.out.is_empty() {
-                        flags |= PollFlags::POLLOUT;
+    /// Handles what arrived on the sockets (and marks the workers whose socket has room for
+    /// their waiting output). With `sleep`, first sleeps until something arrives or the timeout
+    /// (`None`: none) passes. True if anything happened.
+    fn poll_sockets(&mut self, sleep: Option<Option<Duration>>) -> bool {
+        if let Some(timeout) = sleep {
+            // To the microsecond: ppoll on the epoll fd, readable when any of its fds is.
+            let mut fds = [PollFd::new(self.epoll.0.as_fd(), PollFlags::POLLIN)];
+            let _ = ppoll(&mut fds, timeout.map(TimeSpec::from_duration), None);
+        }
+        let mut ready = std::mem::take(&mut self.ready);
+        let n = self.epoll.wait(&mut ready, 0u8).unwrap_or(0);
+        let mut worked = false;
+        for ev in &ready[..n] {
+            let flags = ev.events();
+            match ev.data() {
+                BELL_TOKEN => self.bell.drain(),
+                FORK_TOKEN => {
+                    worked = true;
+                    self.read_fork_server();
+                }
+                slot => {
+                    worked = true;
+                    let slot = slot as u32;
+                    if flags.contains(EpollFlags::EPOLLOUT) {
+                        self.unflushed.push(slot);
                     }
-                    fds.push(PollFd::new(stream.as_fd(), flags));
-                    slots.push(slot);
+                    let readable =
+                        EpollFlags::EPOLLIN | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR;
+                    if flags.intersects(readable) {
+                        self.read_worker(slot);
+                    }
                 }
             }
-            match ppoll(&mut fds, timeout.map(TimeSpec::from_duration), None) {
-                Ok(n) if n > 0 => fds
-                    .iter()
-                    .map(|f| f.revents().unwrap_or(PollFlags::empty()))
-                    .collect(),
-                _ => return false,
-            }
-        };
-        let head = usize::from(self.fork_alive) + usize::from(bell);
-        let fork_ready = if self.fork_alive {
-            ready[0]
-        } else {
-            PollFlags::empty()
-        };
-        let workers = &ready[head..];
-        let mut worked = false;
-        for (&slot, &flags) in slots.iter().zip(workers) {
-            if flags.is_empty() {
-                continue;
-            }
-            worked = true;
-            if flags.contains(PollFlags::POLLOUT) {
-                self.unflushed.push(slot);
-            }
-            if flags.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
-                self.read_worker(slot);
-            }
         }
-        if !fork_ready.is_empty() {
-            worked = true;
-            self.read_fork_server();
-        }
+        self.ready = ready;
         worked
     }
 
@@ -743,9 +750,21 @@ impl Scheduler {
                 continue;
             };
             let Some(stream) = &w.stream else { continue };
-            // A full socket keeps the rest for POLLOUT (see `poll_sockets`).
+            // A full socket keeps the rest until epoll says it has room (see `poll_sockets`).
             if w.out.flush(stream, MsgFlags::MSG_DONTWAIT).is_err() {
                 self.on_hangup(slot);
+                continue;
+            }
+            let waiting = !w.out.is_empty();
+            if waiting != w.out_armed {
+                let mut interest = EpollFlags::EPOLLIN;
+                if waiting {
+                    interest |= EpollFlags::EPOLLOUT;
+                }
+                let mut ev = EpollEvent::new(interest, u64::from(slot));
+                if self.epoll.modify(stream, &mut ev).is_ok() {
+                    w.out_armed = waiting;
+                }
             }
         }
         slots.clear();
@@ -838,6 +857,7 @@ impl Scheduler {
                     calls: HashMap::new(),
                     retiring: false,
                     retired: false,
+                    out_armed: false,
                     lane: self.free_lanes.pop(),
                     queued: VecDeque::new(),
                     last_seq: 0,
@@ -869,7 +889,9 @@ impl Scheduler {
                 };
                 w.pid = pid;
                 self.pids.insert(pid, worker);
-                if stream.set_nonblocking(true).is_ok() {
+                let interest = EpollEvent::new(EpollFlags::EPOLLIN, u64::from(worker));
+                if stream.set_nonblocking(true).is_ok() && self.epoll.add(&stream, interest).is_ok()
+                {
                     w.stream = Some(stream);
                 }
                 // Killed, or its actor gone, before it existed: end it now that it does.
@@ -910,6 +932,8 @@ impl Scheduler {
 
     fn on_fork_server_gone(&mut self) {
         self.fork_alive = false;
+        // A closed socket is always readable: out of the set.
+        let _ = self.epoll.delete(&self.fork);
         let slots: Vec<u32> = self.workers.keys().copied().collect();
         for slot in slots {
             self.on_worker_death(slot, ExitCause::Signal(libc::SIGKILL));
@@ -926,7 +950,9 @@ impl Scheduler {
             return;
         };
         w.hung_up = true;
-        w.stream = None;
+        if let Some(stream) = w.stream.take() {
+            let _ = self.epoll.delete(&stream);
+        }
         let pid = w.pid;
         // Make sure it is dead; its exit (with the cause) comes from the fork server.
         let _ = ipc::send_packet(&self.fork, &ForkRequest::Kill { pid }, &[]);
