@@ -8,7 +8,10 @@
 //! 4. memory: RSS and PSS of each idle worker and of the fork server (from /proc).
 //! 5. a 64 MiB `Array<u64>`: `put_array`, a task that checksums it in place, `get`; against a
 //!    plain 64 MiB memcpy in the same run.
-//! 6. faults: a task whose first attempt crashes (abort) against one that does not (the
+//! 6. actors and generators: an actor call's sync round trip, 1000 actor calls in flight,
+//!    generator items taken one by one, and the empty-task round trip again with 101 actors
+//!    (idle processes) alive.
+//! 7. faults: a task whose first attempt crashes (abort) against one that does not (the
 //!    difference is the recovery overhead), a crash reported with retries off, force cancel and
 //!    cooperative cancel (cancel call to `get` returning), a non-polling task stopped after the
 //!    grace period, and worker replacement; beside the Ray 2.60 figures of issue 5.
@@ -509,6 +512,21 @@ fn actors_and_generators(plan: &Plan) -> rayfork::Result<()> {
             fails += usize::from(r.and_then(|r| rt.get(&r)).is_err());
         }
     });
+    // Scale: the same empty-task round trip with 100 more actors alive (idle processes the
+    // scheduler watches): a loop turn must not cost one poll entry per process.
+    let crowd: Vec<_> = (0..100).map(|_| Counter::remote()).collect();
+    for a in &crowd {
+        fails += usize::from(rt.get(&a.incr()).is_err());
+    }
+    let mut single: Vec<f64> = (0..plan.round_trips)
+        .map(|_| {
+            let (r, d) = timed(|| rt.get(&noop::remote()));
+            fails += usize::from(r.is_err());
+            d.as_secs_f64()
+        })
+        .collect();
+    let crowded_p50 = median(&mut single);
+    drop(crowd);
     println!();
     println!("actors and generators (medians)");
     header();
@@ -531,6 +549,14 @@ fn actors_and_generators(plan: &Plan) -> rayfork::Result<()> {
     row(
         "generator items, taken one by one (get each)",
         item,
+        &Ray {
+            text: "-",
+            secs_per_op: None,
+        },
+    );
+    row(
+        "empty task round trip, 101 actors alive",
+        crowded_p50,
         &Ray {
             text: "-",
             secs_per_op: None,
