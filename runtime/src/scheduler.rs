@@ -49,7 +49,9 @@
 //!    left a new
 //!    worker re-runs the constructor (with the arguments it first got, kept alive meanwhile)
 //!    and the queued calls run there; without, queued and later calls fail with `ActorDied`.
-//!    Actor calls run even when nobody holds their result (made for their effect).
+//!    Actor calls run even when nobody holds their result (made for their effect). A loop turn
+//!    looks only at the actors something happened to (`mark_actor`), and at all of them every
+//!    `ACTOR_SWEEP`.
 //! 9. Cancelling a task that has not started (queued, waiting for its arguments or for a retry)
 //!    removes it: it resolves to `TaskCancelled` at once and never runs. A running task is
 //!    marked cancelled and the flag of its own frame is raised (shared_flags.rs); whatever it
@@ -429,6 +431,8 @@ struct Actor {
     dead: Option<String>,
     /// Its object was freed: no handle or call can name it any more.
     freed: bool,
+    /// In `dirty_actors`: something changed that may let it start or queue a call.
+    dirty: bool,
 }
 
 pub(crate) struct Scheduler {
@@ -482,6 +486,11 @@ pub(crate) struct Scheduler {
     epoll: Epoll,
     /// The buffer `epoll` fills.
     ready: Vec<EpollEvent>,
+    /// Actors that may be able to start or queue a call (`mark_actor`): a loop turn looks at
+    /// these, not at every actor.
+    dirty_actors: Vec<Id>,
+    /// When every actor was last looked at (`ACTOR_SWEEP`).
+    actors_swept: Instant,
     /// Task events for the timeline and the summary.
     events: Events,
 }
@@ -520,6 +529,9 @@ const FORK_TOKEN: u64 = u64::MAX;
 const BELL_TOKEN: u64 = u64::MAX - 1;
 /// Events taken from epoll per call.
 const READY_EVENTS: usize = 64;
+/// How often `dispatch_actors` looks at every actor, beside the ones marked: a safety net, so
+/// that an actor whose change went unmarked waits at most this long.
+const ACTOR_SWEEP: Duration = Duration::from_millis(10);
 
 /// How long the scheduler does not spin after asking the fork server for a fork or a kill: the
 /// fork server needs a CPU to do it (and to reap and report), and on 2 CPUs a spinning
@@ -589,6 +601,8 @@ impl Scheduler {
             queued_now: 0,
             epoll,
             ready: vec![EpollEvent::empty(); READY_EVENTS],
+            dirty_actors: Vec::new(),
+            actors_swept: Instant::now(),
             events: Events::new(),
         };
         for _ in 0..s.cfg.initial_workers() {
@@ -894,6 +908,12 @@ impl Scheduler {
                 {
                     w.stream = Some(stream);
                 }
+                if let Some(a) = w.actor {
+                    self.mark_actor(a);
+                }
+                let Some(w) = self.workers.get(&worker) else {
+                    return;
+                };
                 // Killed, or its actor gone, before it existed: end it now that it does.
                 let unwanted = w.hung_up
                     || w.actor
@@ -1122,6 +1142,13 @@ impl Scheduler {
             Client::Worker(s) => Some(*s),
             Client::Driver(_) => None,
         };
+        // Whatever an actor's worker says may free it for its next call.
+        if let Some(a) = slot
+            .and_then(|s| self.workers.get(&s))
+            .and_then(|w| w.actor)
+        {
+            self.mark_actor(a);
+        }
         let key = |client: Client| -> Option<ClientKey> {
             match client {
                 Client::Driver(Some(tx)) => Some(ClientKey::Driver(tx)),
@@ -1560,6 +1587,10 @@ impl Scheduler {
         };
         self.events
             .finished(id, &task.spec.func, &task.name, Some(outcome));
+        // A call that ends unrun (cancelled, a failed argument) may unblock the calls behind it.
+        if let Some(ActorCall::Method { actor }) = task.spec.actor {
+            self.mark_actor(actor);
+        }
         for x in task.spec.extra {
             self.extra_of.remove(&x);
             if let Err(e) = &result {
@@ -1717,8 +1748,12 @@ impl Scheduler {
                     }
                     if let Some(task) = self.tasks.get_mut(&t) {
                         task.missing = task.missing.saturating_sub(1);
-                        if task.missing == 0 && task.spec.actor.is_none() {
-                            self.queue.push_back(t);
+                        if task.missing == 0 {
+                            match task.spec.actor {
+                                None => self.queue.push_back(t),
+                                Some(ActorCall::Method { actor }) => self.mark_actor(actor),
+                                Some(ActorCall::Create { .. }) => self.mark_actor(t),
+                            }
                         }
                     }
                 }
@@ -1972,6 +2007,9 @@ impl Scheduler {
             f.blocked = None;
             self.cpus_used += cpus;
             self.send_to(slot, &msg);
+            if let Some(a) = self.workers.get(&slot).and_then(|w| w.actor) {
+                self.mark_actor(a);
+            }
         }
         while let Some(pos) = self.next_startable() {
             let task = self.queue[pos];
@@ -2206,6 +2244,9 @@ impl Scheduler {
             return false;
         }
         w.queued.remove(index);
+        if let Some(a) = w.actor {
+            self.mark_actor(a);
+        }
         self.queued_now = self.queued_now.saturating_sub(1);
         self.stats.taken_back += 1;
         if let Some(t) = self.tasks.get_mut(&q.task) {
@@ -2270,6 +2311,7 @@ impl Scheduler {
                 if let Some(a) = self.actors.get_mut(&actor) {
                     a.calls.push_front(task);
                 }
+                self.mark_actor(actor);
             }
             _ => self.queue.push_front(task),
         }
@@ -2766,6 +2808,9 @@ impl Scheduler {
 // ---- actors (rule 8) ----
 impl Scheduler {
     fn actor_submitted(&mut self, slot: Option<u32>, id: Id, call: ActorCall) {
+        if let ActorCall::Method { actor } = call {
+            self.mark_actor(actor);
+        }
         match call {
             ActorCall::Create {
                 max_restarts,
@@ -2789,6 +2834,7 @@ impl Scheduler {
                         max_task_retries,
                         dead: None,
                         freed: false,
+                        dirty: false,
                     },
                 );
                 match self.spawn_worker_for(Some(id)) {
@@ -2867,17 +2913,35 @@ impl Scheduler {
     }
 
     /// Starts the constructor or the next call of every actor whose worker is idle.
+    /// Notes that actor `id` may be able to start or queue a call (see `dispatch_actors`).
+    fn mark_actor(&mut self, id: Id) {
+        if let Some(a) = self.actors.get_mut(&id) {
+            if !std::mem::replace(&mut a.dirty, true) {
+                self.dirty_actors.push(id);
+            }
+        }
+    }
+
+    /// Starts or queues the next calls of the actors marked since the last turn (every
+    /// `ACTOR_SWEEP`, of every actor): a turn costs the actors something happened to.
     fn dispatch_actors(&mut self) {
         if self.actors.is_empty() {
             return;
         }
-        let ids: Vec<Id> = self
-            .actors
-            .iter()
-            .filter(|(_, a)| a.dead.is_none())
-            .map(|(&id, _)| id)
-            .collect();
+        let mut ids = std::mem::take(&mut self.dirty_actors);
+        if self.actors_swept.elapsed() >= ACTOR_SWEEP {
+            self.actors_swept = Instant::now();
+            ids = self.actors.keys().copied().collect();
+        }
+        for &id in &ids {
+            if let Some(a) = self.actors.get_mut(&id) {
+                a.dirty = false;
+            }
+        }
         for id in ids {
+            if self.actors.get(&id).is_none_or(|a| a.dead.is_some()) {
+                continue;
+            }
             let Some(slot) = self.actors.get(&id).and_then(|a| a.slot) else {
                 continue;
             };
