@@ -51,7 +51,7 @@
 //!    and the queued calls run there; without, queued and later calls fail with `ActorDied`.
 //!    Actor calls run even when nobody holds their result (made for their effect). A loop turn
 //!    looks only at the actors something happened to (`mark_actor`), and at all of them every
-//!    `ACTOR_SWEEP`.
+//!    `ACTOR_SWEEP` while it turns; it does not sleep while marks wait.
 //! 9. Cancelling a task that has not started (queued, waiting for its arguments or for a retry)
 //!    removes it: it resolves to `TaskCancelled` at once and never runs. A running task is
 //!    marked cancelled and the flag of its own frame is raised (shared_flags.rs); whatever it
@@ -529,8 +529,8 @@ const FORK_TOKEN: u64 = u64::MAX;
 const BELL_TOKEN: u64 = u64::MAX - 1;
 /// Events taken from epoll per call.
 const READY_EVENTS: usize = 64;
-/// How often `dispatch_actors` looks at every actor, beside the ones marked: a safety net, so
-/// that an actor whose change went unmarked waits at most this long.
+/// How often `dispatch_actors` looks at every actor, beside the ones marked, while the loop
+/// turns: a safety net for a change that went unmarked.
 const ACTOR_SWEEP: Duration = Duration::from_millis(10);
 
 /// How long the scheduler does not spin after asking the fork server for a fork or a kill: the
@@ -644,6 +644,10 @@ impl Scheduler {
                 std::thread::yield_now();
                 continue;
             }
+            // Actors marked after this turn's dispatch (a resumed call) are seen to first.
+            if !self.dirty_actors.is_empty() {
+                continue;
+            }
             // Sleep until a socket, the doorbell or the next deadline (see `Doorbell`).
             self.bell.sleeping.store(true, Ordering::SeqCst);
             fence(Ordering::SeqCst);
@@ -692,8 +696,11 @@ impl Scheduler {
                     self.read_fork_server();
                 }
                 slot => {
-                    worked = true;
                     let slot = slot as u32;
+                    if !self.workers.contains_key(&slot) {
+                        continue;
+                    }
+                    worked = true;
                     if flags.contains(EpollFlags::EPOLLOUT) {
                         self.unflushed.push(slot);
                     }
@@ -907,6 +914,9 @@ impl Scheduler {
                 if stream.set_nonblocking(true).is_ok() && self.epoll.add(&stream, interest).is_ok()
                 {
                     w.stream = Some(stream);
+                } else {
+                    // Unreachable for the scheduler: end it now (its exit is reported as usual).
+                    w.hung_up = true;
                 }
                 if let Some(a) = w.actor {
                     self.mark_actor(a);
@@ -988,6 +998,11 @@ impl Scheduler {
         let Some(mut w) = self.workers.remove(&slot) else {
             return;
         };
+        // Out of the epoll set before its socket closes: a copy of the fd (a fork in the
+        // driver) would otherwise keep a registration no one can remove.
+        if let Some(stream) = w.stream.take() {
+            let _ = self.epoll.delete(&stream);
+        }
         // Rule 11: a task started from its queue that it never claimed (it died between the
         // `Done` before it and the claim) never ran: it goes back with the queued ones.
         let unclaimed = w.stack.len() == 1
@@ -2912,7 +2927,6 @@ impl Scheduler {
         }
     }
 
-    /// Starts the constructor or the next call of every actor whose worker is idle.
     /// Notes that actor `id` may be able to start or queue a call (see `dispatch_actors`).
     fn mark_actor(&mut self, id: Id) {
         if let Some(a) = self.actors.get_mut(&id) {
@@ -2922,10 +2936,12 @@ impl Scheduler {
         }
     }
 
-    /// Starts or queues the next calls of the actors marked since the last turn (every
-    /// `ACTOR_SWEEP`, of every actor): a turn costs the actors something happened to.
+    /// Starts the constructor or starts or queues the next calls of the actors marked since the
+    /// last turn (and, every `ACTOR_SWEEP` while the loop turns, of every actor): a turn costs
+    /// the actors something happened to. The loop does not sleep while marks wait.
     fn dispatch_actors(&mut self) {
         if self.actors.is_empty() {
+            self.dirty_actors.clear();
             return;
         }
         let mut ids = std::mem::take(&mut self.dirty_actors);
