@@ -448,6 +448,9 @@ pub(crate) struct Scheduler {
     queue: VecDeque<Id>,
     resume: VecDeque<u32>,
     workers: IdMap<u32, Worker>,
+    /// The slots of the pool's workers (not actors'), so that looking for a worker to run a
+    /// task costs the pool, not every process.
+    pool: std::collections::BTreeSet<u32>,
     pids: IdMap<i32, u32>,
     next_slot: u32,
     spawning: usize,
@@ -578,6 +581,7 @@ impl Scheduler {
             queue: VecDeque::new(),
             resume: VecDeque::new(),
             workers: IdMap::default(),
+            pool: std::collections::BTreeSet::new(),
             pids: IdMap::default(),
             next_slot: 1,
             spawning: 0,
@@ -862,6 +866,7 @@ impl Scheduler {
         {
             if actor.is_none() {
                 self.spawning += 1;
+                self.pool.insert(slot);
             }
             self.workers.insert(
                 slot,
@@ -894,10 +899,14 @@ impl Scheduler {
     /// Pool workers alive or starting, that will take work (actor workers are not counted,
     /// rule 8; nor retiring ones, rule 7: a replacement may be forked while one finishes).
     fn pool_len(&self) -> usize {
-        self.workers
-            .values()
-            .filter(|w| w.actor.is_none() && !w.retiring)
-            .count()
+        self.pool_workers().filter(|(_, w)| !w.retiring).count()
+    }
+
+    /// The pool's workers, lowest slot first.
+    fn pool_workers(&self) -> impl Iterator<Item = (u32, &Worker)> + '_ {
+        self.pool
+            .iter()
+            .filter_map(|&s| self.workers.get(&s).map(|w| (s, w)))
     }
 
     fn on_fork(&mut self, msg: ForkReply, mut fds: Vec<OwnedFd>) {
@@ -935,6 +944,7 @@ impl Scheduler {
             ForkReply::SpawnFailed { worker, message } => {
                 eprintln!("rayfork: forking worker {worker} failed: {message}");
                 let gone = self.workers.remove(&worker);
+                self.pool.remove(&worker);
                 if let Some(lane) = gone.as_ref().and_then(|w| w.lane) {
                     self.free_lanes.push(lane);
                 }
@@ -998,6 +1008,7 @@ impl Scheduler {
         let Some(mut w) = self.workers.remove(&slot) else {
             return;
         };
+        self.pool.remove(&slot);
         // Out of the epoll set before its socket closes: a copy of the fd (a fork in the
         // driver) would otherwise keep a registration no one can remove.
         if let Some(stream) = w.stream.take() {
@@ -2063,11 +2074,9 @@ impl Scheduler {
 
     /// The lowest idle pool worker, if any.
     fn idle_worker(&self) -> Option<u32> {
-        self.workers
-            .iter()
-            .filter(|(_, w)| w.takes_pool_work() && w.stack.is_empty())
-            .map(|(&s, _)| s)
-            .min()
+        self.pool_workers()
+            .find(|(_, w)| w.takes_pool_work() && w.stack.is_empty())
+            .map(|(s, _)| s)
     }
 
     /// The task to run, with its arguments resolved; the error of an argument that failed.
@@ -2157,18 +2166,16 @@ impl Scheduler {
             let cpus = o.num_cpus;
             // Not behind a frame whose `max_calls` may retire the worker (rule 7).
             let target = self
-                .workers
-                .iter()
+                .pool_workers()
                 .filter(|(_, w)| {
-                    w.actor.is_none()
-                        && w.can_queue(cpus, self.cfg.pipeline_depth)
+                    w.can_queue(cpus, self.cfg.pipeline_depth)
                         && self
                             .tasks
                             .get(&w.stack[0].task)
                             .is_some_and(|t| t.spec.opts.max_calls == 0)
                 })
-                .min_by_key(|&(&s, w)| (w.queued.len(), s))
-                .map(|(&s, _)| s);
+                .min_by_key(|&(s, w)| (w.queued.len(), s))
+                .map(|(s, _)| s);
             let Some(slot) = target else { return };
             self.queue.pop_front();
             self.queue_on(slot, task, cpus);
@@ -2345,10 +2352,9 @@ impl Scheduler {
             && self.can_place()
         {
             let mut victims: Vec<(usize, u32)> = self
-                .workers
-                .iter()
-                .filter(|(_, w)| w.actor.is_none() && !w.queued.is_empty())
-                .map(|(&s, w)| (w.queued.len(), s))
+                .pool_workers()
+                .filter(|(_, w)| !w.queued.is_empty())
+                .map(|(s, w)| (w.queued.len(), s))
                 .collect();
             victims.sort_unstable_by_key(|&(n, s)| (std::cmp::Reverse(n), s));
             let moved = victims.into_iter().find_map(|(n, victim)| {
@@ -2373,16 +2379,14 @@ impl Scheduler {
     /// The lowest pool worker whose top frame is blocked with no answer waiting: it can run a
     /// task nested (rule 2).
     fn blocked_worker(&self) -> Option<u32> {
-        self.workers
-            .iter()
-            .filter(|(_, w)| {
+        self.pool_workers()
+            .find(|(_, w)| {
                 w.takes_pool_work()
                     && w.stack
                         .last()
                         .is_some_and(|f| f.blocked.is_some() && f.pending.is_none())
             })
-            .map(|(&s, _)| s)
-            .min()
+            .map(|(s, _)| s)
     }
 
     // ---- resources (rule 1) ----
