@@ -124,6 +124,17 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// The seconds each of `n` single runs of `op` took (failures counted in `fails`).
+fn singles<T>(n: usize, fails: &mut usize, mut op: impl FnMut() -> rayfork::Result<T>) -> Vec<f64> {
+    (0..n)
+        .map(|_| {
+            let (r, d) = timed(&mut op);
+            *fails += usize::from(r.is_err());
+            d.as_secs_f64()
+        })
+        .collect()
+}
+
 /// Median seconds per op over `rounds` rounds of `ops` ops each, `f` running one round.
 fn per_op(rounds: usize, ops: usize, mut f: impl FnMut()) -> f64 {
     let mut v: Vec<f64> = (0..rounds)
@@ -240,13 +251,7 @@ fn main() -> rayfork::Result<()> {
     });
 
     // The same, op by op: the spread of single round trips.
-    let mut single: Vec<f64> = (0..plan.round_trips)
-        .map(|_| {
-            let (r, d) = timed(|| rt.get(&noop::remote()));
-            fails += usize::from(r.is_err());
-            d.as_secs_f64()
-        })
-        .collect();
+    let mut single = singles(plan.round_trips, &mut fails, || rt.get(&noop::remote()));
     single.sort_by(f64::total_cmp);
     let pct = |p: usize| single[(single.len() - 1) * p / 100] * 1e6;
     let (p10, p50, p90, p99) = (pct(10), pct(50), pct(90), pct(99));
@@ -491,14 +496,9 @@ fn actors_and_generators(plan: &Plan) -> rayfork::Result<()> {
     let c = Counter::remote();
     rt.get(&c.incr())?;
     let mut fails = 0usize;
-    let mut single: Vec<f64> = (0..plan.round_trips)
-        .map(|_| {
-            let (r, d) = timed(|| rt.get(&c.incr()));
-            fails += usize::from(r.is_err());
-            d.as_secs_f64()
-        })
-        .collect();
-    let call_p50 = median(&mut single);
+    let call_p50 = median(&mut singles(plan.round_trips, &mut fails, || {
+        rt.get(&c.incr())
+    }));
     const IN_FLIGHT: usize = 1000;
     let calls = per_op(plan.rounds, plan.batches * IN_FLIGHT, || {
         for _ in 0..plan.batches {
@@ -518,14 +518,9 @@ fn actors_and_generators(plan: &Plan) -> rayfork::Result<()> {
     for a in &crowd {
         fails += usize::from(rt.get(&a.incr()).is_err());
     }
-    let mut single: Vec<f64> = (0..plan.round_trips)
-        .map(|_| {
-            let (r, d) = timed(|| rt.get(&noop::remote()));
-            fails += usize::from(r.is_err());
-            d.as_secs_f64()
-        })
-        .collect();
-    let crowded_p50 = median(&mut single);
+    let crowded_p50 = median(&mut singles(plan.round_trips, &mut fails, || {
+        rt.get(&noop::remote())
+    }));
     drop(crowd);
     println!();
     println!("actors and generators (medians)");

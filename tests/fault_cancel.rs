@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rayfork::{CancelMode, CancelOutcome, Error, ObjectRef, Runtime, remote};
-use rayfork_tests::{alive, eventually, watchdog};
+use rayfork_tests::{alive, eventually, note_run, runs, watchdog};
 
 const LIMIT: Duration = Duration::from_secs(120);
 /// A safety net for `eventually`: generous, because the machine may be loaded.
@@ -138,15 +138,8 @@ fn tree_parent(dir: String, n: u32) -> rayfork::Result<u64> {
 
 #[remote]
 fn tree_child(started: String) -> u64 {
-    // Appends, so a second run (a retry) would show as a second line.
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(format!("{started}.runs"))
-        .unwrap();
-    writeln!(f, "{}", std::process::id()).unwrap();
-    drop(f);
+    // A second run (a retry) would show as a second line.
+    note_run(&format!("{started}.runs"));
     announce(&started);
     std::thread::sleep(Duration::from_secs(3600));
     5
@@ -311,8 +304,8 @@ fn cancel_is_recursive_over_submitted_tasks() {
         );
     }
     for i in 0..3 {
-        let runs = std::fs::read_to_string(format!("{d}/child-{i}.runs")).unwrap_or_default();
-        assert!(runs.lines().count() <= 1, "child {i} ran again: {runs:?}");
+        let n = runs(&format!("{d}/child-{i}.runs"));
+        assert!(n <= 1, "child {i} ran again: {n} runs");
     }
     assert!(
         !Path::new(&format!("{d}/child-2")).exists(),
@@ -457,14 +450,7 @@ fn host(dir: String, refs: Vec<ObjectRef<u64>>) -> rayfork::Result<u64> {
 /// Notes each run, announces itself, and returns once `release` exists.
 #[remote]
 fn guest(started: String, release: String) -> u64 {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(format!("{started}.runs"))
-        .unwrap();
-    writeln!(f, "{}", std::process::id()).unwrap();
-    drop(f);
+    note_run(&format!("{started}.runs"));
     announce(&started);
     while !Path::new(&release).exists() {
         std::thread::sleep(Duration::from_millis(2));
@@ -506,8 +492,7 @@ fn frames_killed_with_a_cancelled_task_are_resubmitted() {
     assert_ne!(second, host_pid);
     std::fs::write(format!("{d}/guest-release"), b"go").unwrap();
     assert_eq!(rt.get(&g).unwrap(), 8);
-    let runs = std::fs::read_to_string(format!("{d}/guest.runs")).unwrap();
-    assert_eq!(runs.lines().count(), 2, "{runs:?}");
+    assert_eq!(runs(&format!("{d}/guest.runs")), 2);
     std::fs::write(&release, b"go").unwrap();
     assert_eq!(rt.get(&filler).unwrap(), 1);
     let s = rt.stats().unwrap();

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use rayfork::{Error, Runtime, remote};
-use rayfork_tests::watchdog;
+use rayfork_tests::{assert_store_empty, watchdog};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -168,12 +168,7 @@ fn a_crash_in_a_nested_task_leaves_nothing_behind() {
         rt.get(&nested_crash::remote(m)).unwrap(),
         (0..100_000u64).sum::<u64>()
     );
-    let s = rt.stats().unwrap();
-    assert_eq!(
-        (s.store.used, s.store.live_objects, s.objects),
-        (0, 0, 0),
-        "{s:?}"
-    );
+    assert_store_empty(&rt);
 }
 
 /// Fails with `message` on every attempt, counting attempts in the marker file.

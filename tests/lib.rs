@@ -71,3 +71,30 @@ pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
     cond()
 }
+
+/// Asserts that nothing is left in the runtime's store or object table. The driver's drops
+/// reach the scheduler before this request (one channel, in order).
+pub fn assert_store_empty(rt: &rayfork::Runtime) {
+    let s = rt.stats().expect("stats");
+    assert_eq!(
+        (s.store.used, s.store.live_objects, s.objects),
+        (0, 0, 0),
+        "{s:?}"
+    );
+}
+
+/// In a task: appends this process's pid to `path` (one line per run, so retries show).
+pub fn note_run(path: &str) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("open the runs file");
+    writeln!(f, "{}", std::process::id()).expect("write the runs file");
+}
+
+/// How many runs a task noted in `path` with `note_run`.
+pub fn runs(path: &str) -> usize {
+    std::fs::read_to_string(path).map_or(0, |s| s.lines().count())
+}

@@ -9,12 +9,11 @@
 //! back), and every wait has a deadline so that a broken runtime fails a test instead of hanging
 //! it; the watchdog is the last safety net.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rayfork::{CancelMode, CancelOutcome, Error, ObjectRef, Runtime, RuntimeStats, remote};
-use rayfork_tests::{eventually, watchdog};
+use rayfork_tests::{eventually, note_run, runs, watchdog};
 
 const LIMIT: Duration = Duration::from_secs(180);
 /// A safety net for every wait (driver or task): generous, because the machine may be loaded.
@@ -58,21 +57,6 @@ fn await_file(path: &str) {
         assert!(Instant::now() < end, "{path} never appeared");
         std::thread::yield_now();
     }
-}
-
-/// In a task: appends this process's pid to `path` (one line per run).
-fn note_run(path: &str) {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .expect("open the runs file");
-    writeln!(f, "{}", std::process::id()).expect("write the runs file");
-}
-
-/// How many times a task noted a run in `path`.
-fn runs(path: &str) -> usize {
-    std::fs::read_to_string(path).map_or(0, |s| s.lines().count())
 }
 
 /// Polls the runtime's counters until `cond` holds; fails the test after `PATIENCE`.

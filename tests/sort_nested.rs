@@ -7,7 +7,7 @@ mod sort_tasks;
 use std::time::Duration;
 
 use rayfork::{Array, ArrayMut, Runtime, remote};
-use rayfork_tests::watchdog;
+use rayfork_tests::{assert_store_empty, watchdog};
 
 const LIMIT: Duration = Duration::from_secs(300);
 
@@ -32,12 +32,7 @@ fn nested_quicksort_sorts_2m_elements() {
     let s = rt.stats().unwrap();
     assert!(s.workers_started >= 2, "{s:?}");
     drop((data, sorted, sampled));
-    let s = rt.stats().unwrap();
-    assert_eq!(
-        (s.store.used, s.store.live_objects, s.objects),
-        (0, 0, 0),
-        "{s:?}"
-    );
+    assert_store_empty(&rt);
 }
 
 #[remote]

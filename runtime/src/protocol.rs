@@ -126,6 +126,19 @@ pub(crate) struct TaskSpec {
     pub actor: Option<ActorCall>,
 }
 
+impl TaskSpec {
+    /// Every id its arguments hold a reference to: the refs, and the ids values mention (rule 4).
+    pub(crate) fn arg_ids(&self) -> impl Iterator<Item = Id> + '_ {
+        self.args
+            .iter()
+            .flat_map(|a| match a {
+                Arg::Ref(r) => std::slice::from_ref(r),
+                Arg::Value { contained, .. } => &contained[..],
+            })
+            .copied()
+    }
+}
+
 /// What an actor task is.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) enum ActorCall {

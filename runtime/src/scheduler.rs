@@ -1483,15 +1483,8 @@ impl Scheduler {
         let name = spec.opts.name.clone().unwrap_or_else(|| spec.func.clone());
         self.events.submitted(id);
         // The references the spec mentions move from the submitter to the task (rule 4).
-        for a in &spec.args {
-            match a {
-                Arg::Ref(r) => self.own(slot, *r, -1),
-                Arg::Value { contained, .. } => {
-                    for &c in contained {
-                        self.own(slot, c, -1);
-                    }
-                }
-            }
+        for c in spec.arg_ids() {
+            self.own(slot, c, -1);
         }
         self.objects.insert(id, Object::pending());
         self.own(slot, id, 1);
@@ -1580,13 +1573,7 @@ impl Scheduler {
     /// Gives the task's argument references back (rule 3).
     fn release_task_args(&mut self, id: Id) {
         let Some(t) = self.tasks.get(&id) else { return };
-        let mut ids = Vec::new();
-        for a in &t.spec.args {
-            match a {
-                Arg::Ref(r) => ids.push(*r),
-                Arg::Value { contained, .. } => ids.extend_from_slice(contained),
-            }
-        }
+        let ids: Vec<Id> = t.spec.arg_ids().collect();
         for r in ids {
             self.add_ref(r, -1);
         }
@@ -2903,13 +2890,7 @@ impl Scheduler {
             return;
         }
         let Some(t) = self.tasks.get(&id) else { return };
-        let mut refs = Vec::new();
-        for a in &t.spec.args {
-            match a {
-                Arg::Ref(r) => refs.push(*r),
-                Arg::Value { contained, .. } => refs.extend_from_slice(contained),
-            }
-        }
+        let refs: Vec<Id> = t.spec.arg_ids().collect();
         let func = t.spec.func.clone();
         for &r in &refs {
             self.add_ref(r, 1);

@@ -244,14 +244,12 @@ impl Events {
     /// A run ended.
     pub(crate) fn ended(&mut self, task: Id, name: &str, outcome: Outcome) {
         let now = self.now();
-        let Some(o) = self.open.get_mut(&task) else {
+        let Some(o) = self.open.get_mut(&task).filter(|o| o.running.is_some()) else {
             return;
         };
         let run = o.run(task, name.to_string(), now, Some(outcome));
         o.running = None;
-        if let Some(run) = run {
-            self.keep(run);
-        }
+        self.keep(run.expect("running, checked above"));
     }
 
     /// A run of a task of function `func` was lost to a crash and the task goes back to the
