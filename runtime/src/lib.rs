@@ -170,7 +170,6 @@ mod config;
 mod error;
 mod fork_server;
 mod generator;
-mod gpus;
 mod idmap;
 mod ipc;
 #[cfg(doctest)]
@@ -182,6 +181,7 @@ mod registry;
 mod runtime;
 mod scheduler;
 mod shared_flags;
+mod stats;
 mod task;
 mod timeline;
 pub mod worker;
@@ -197,7 +197,7 @@ pub use object_ref::{ObjectRef, ReadyPending, get, get_all, get_timeout, put, wa
 pub use rayfork_macros::{actor, remote};
 pub use rayfork_plasma::{ObjectId, Pod};
 pub use runtime::Runtime;
-pub use scheduler::RuntimeStats;
+pub use stats::RuntimeStats;
 pub use task::{IntoArg, TaskOptions, gpu_ids};
 pub use timeline::{FunctionSummary, TaskSummary};
 

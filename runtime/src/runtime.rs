@@ -17,7 +17,8 @@ use crate::client::{Backend, BackendRef, IdGen};
 use crate::config::{Config, DEFAULT_INLINE_MAX};
 use crate::object_ref::{self, ObjectRef};
 use crate::protocol::{FromWorker, Id, TaskSpec, ToWorker};
-use crate::scheduler::{Doorbell, Event, RuntimeStats, Scheduler};
+use crate::scheduler::{Doorbell, Event, Scheduler};
+use crate::stats::RuntimeStats;
 use crate::{Array, ArrayMut, CancelMode, CancelOutcome, Error, Result, TaskSummary};
 
 pub(crate) struct DriverBackend {

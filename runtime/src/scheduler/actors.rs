@@ -1,0 +1,359 @@
+//! Actors (scheduler rule 8): construction, ordered calls, restarts, the end. Must not start
+//! pool tasks.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::Error;
+use crate::protocol::{ActorCall, Arg, Id, Payload, RunTask, ToWorker};
+
+use super::Scheduler;
+use super::pool::Frame;
+use super::resources::Held;
+
+/// An actor (rule 8).
+pub(super) struct Actor {
+    pub(super) name: String,
+    /// Its current worker.
+    pub(super) slot: Option<u32>,
+    /// The constructor's function and resolved arguments, kept for restarts once it started.
+    pub(super) ctor: Option<(String, Vec<Payload>)>,
+    /// Ids whose references the kept arguments hold.
+    pub(super) ctor_refs: Vec<Id>,
+    /// The constructor ran on the current worker.
+    pub(super) constructed: bool,
+    /// Method calls not started yet, in submission order.
+    pub(super) calls: VecDeque<Id>,
+    pub(super) restarts_left: u32,
+    /// Times a call running at a crash runs again after the restart.
+    pub(super) max_task_retries: u32,
+    /// Why it is gone for good; `None` while it lives or will restart.
+    pub(super) dead: Option<String>,
+    /// Its object was freed: no handle or call can name it any more.
+    pub(super) freed: bool,
+    /// In `dirty_actors`: something changed that may let it start or queue a call.
+    pub(super) dirty: bool,
+}
+
+/// How often `dispatch_actors` looks at every actor, beside the ones marked, while the loop
+/// turns: a safety net for a change that went unmarked.
+pub(super) const ACTOR_SWEEP: Duration = Duration::from_millis(10);
+
+impl Scheduler {
+    pub(super) fn actor_submitted(&mut self, slot: Option<u32>, id: Id, call: ActorCall) {
+        if let ActorCall::Method { actor } = call {
+            self.mark_actor(actor);
+        }
+        match call {
+            ActorCall::Create {
+                max_restarts,
+                max_task_retries,
+            } => {
+                let name = self
+                    .tasks
+                    .get(&id)
+                    .map(|t| t.name.clone())
+                    .unwrap_or_default();
+                self.actors.insert(
+                    id,
+                    Actor {
+                        name,
+                        slot: None,
+                        ctor: None,
+                        ctor_refs: Vec::new(),
+                        constructed: false,
+                        calls: VecDeque::new(),
+                        restarts_left: max_restarts,
+                        max_task_retries,
+                        dead: None,
+                        freed: false,
+                        dirty: false,
+                    },
+                );
+                match self.spawn_worker_for(Some(id)) {
+                    Some(w) => {
+                        if let Some(a) = self.actors.get_mut(&id) {
+                            a.slot = Some(w);
+                        }
+                    }
+                    None => self.actor_gone(id, "its process could not be forked".into()),
+                }
+            }
+            ActorCall::Method { actor } => {
+                let names_it = self.tasks.get(&id).is_some_and(
+                    |t| matches!(t.spec.args.first(), Some(Arg::Ref(a)) if *a == actor),
+                );
+                if !names_it {
+                    self.finish_task(
+                        id,
+                        Err(Error::Protocol(
+                            "an actor call must name its actor first".into(),
+                        )),
+                    );
+                    return self.bad(slot, "malformed actor call");
+                }
+                match self.actors.get_mut(&actor) {
+                    Some(a) if a.dead.is_none() => a.calls.push_back(id),
+                    Some(a) => {
+                        let err = Error::ActorDied {
+                            actor: a.name.clone(),
+                            reason: a.dead.clone().unwrap_or_default(),
+                        };
+                        self.finish_task(id, Err(err));
+                    }
+                    None => self.finish_task(
+                        id,
+                        Err(Error::Protocol(format!("object {actor:x} is not an actor"))),
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Keeps the constructor's resolved arguments (and references to what they name) for
+    /// restarts, the first time it starts.
+    pub(super) fn keep_ctor(&mut self, id: Id, args: &[Payload]) {
+        if self.actors.get(&id).is_none_or(|a| a.ctor.is_some()) {
+            return;
+        }
+        let Some(t) = self.tasks.get(&id) else { return };
+        let refs: Vec<Id> = t.spec.arg_ids().collect();
+        let func = t.spec.func.clone();
+        for &r in &refs {
+            self.add_ref(r, 1);
+        }
+        if let Some(a) = self.actors.get_mut(&id) {
+            a.ctor = Some((func, args.to_vec()));
+            a.ctor_refs = refs;
+        }
+    }
+
+    pub(super) fn actor_constructed(&mut self, id: Id, result: Result<(), &Error>) {
+        match result {
+            Ok(_) => {
+                if let Some(a) = self.actors.get_mut(&id) {
+                    a.constructed = true;
+                }
+            }
+            Err(e) => self.actor_gone(id, format!("its constructor failed: {e}")),
+        }
+    }
+
+    /// Notes that actor `id` may be able to start or queue a call (see `dispatch_actors`).
+    pub(super) fn mark_actor(&mut self, id: Id) {
+        if let Some(a) = self.actors.get_mut(&id) {
+            if !std::mem::replace(&mut a.dirty, true) {
+                self.dirty_actors.push(id);
+            }
+        }
+    }
+
+    /// Starts the constructor or starts or queues the next calls of the actors marked since the
+    /// last turn (and, every `ACTOR_SWEEP` while the loop turns, of every actor): a turn costs
+    /// the actors something happened to. The loop does not sleep while marks wait.
+    pub(super) fn dispatch_actors(&mut self) {
+        if self.actors.is_empty() {
+            self.dirty_actors.clear();
+            return;
+        }
+        let mut ids = std::mem::take(&mut self.dirty_actors);
+        if self.actors_swept.elapsed() >= ACTOR_SWEEP {
+            self.actors_swept = Instant::now();
+            ids = self.actors.keys().copied().collect();
+        }
+        for &id in &ids {
+            if let Some(a) = self.actors.get_mut(&id) {
+                a.dirty = false;
+            }
+        }
+        for id in ids {
+            if self.actors.get(&id).is_none_or(|a| a.dead.is_some()) {
+                continue;
+            }
+            let Some(slot) = self.actors.get(&id).and_then(|a| a.slot) else {
+                continue;
+            };
+            let Some(w) = self.workers.get(&slot) else {
+                continue;
+            };
+            let idle = w.ready && w.stream.is_some() && w.stack.is_empty();
+            let a = &self.actors[&id];
+            // Rule 11: the next calls may wait on the worker behind the running one.
+            let queue = a.constructed && w.can_queue(0.0, self.cfg.pipeline_depth);
+            if !(idle || queue) {
+                continue;
+            }
+            if !a.constructed {
+                if self.tasks.get(&id).is_some_and(|t| t.worker.is_none()) {
+                    // The first run (or a rerun after a crash before it finished).
+                    if self.tasks[&id].missing == 0 {
+                        self.start_task(slot, id, 0.0);
+                    }
+                } else if let Some((func, args)) = a.ctor.clone() {
+                    // A restart: the constructor again, on the new worker.
+                    let name = a.name.clone();
+                    if let Some(w) = self.workers.get_mut(&slot) {
+                        w.stack
+                            .push(Frame::new(id, 0.0, Held::default(), w.last_seq));
+                    }
+                    let run = RunTask {
+                        task: id,
+                        func,
+                        name,
+                        args,
+                        extra: Vec::new(),
+                        gpus: Vec::new(),
+                    };
+                    self.send_to(slot, &ToWorker::Run(run));
+                }
+                continue;
+            }
+            while let Some(&call) = self.actors.get(&id).and_then(|a| a.calls.front()) {
+                match self.tasks.get(&call).map(|t| t.missing) {
+                    // Finished already (an argument failed): drop it.
+                    None => {}
+                    Some(0) => {
+                        self.actors.get_mut(&id).map(|a| a.calls.pop_front());
+                        let Some(w) = self.workers.get(&slot) else {
+                            break;
+                        };
+                        if w.stack.is_empty() {
+                            // It may fail at once (a failed argument): then take the next.
+                            self.start_task(slot, call, 0.0);
+                        } else {
+                            self.queue_on(slot, call, 0.0);
+                        }
+                        if self.workers.get(&slot).is_some_and(|w| {
+                            w.stack.is_empty()
+                                || (w.stream.is_some() && w.can_queue(0.0, self.cfg.pipeline_depth))
+                        }) {
+                            continue;
+                        }
+                        break;
+                    }
+                    // Submission order: later calls wait for this one's arguments.
+                    Some(_) => break,
+                }
+                self.actors.get_mut(&id).map(|a| a.calls.pop_front());
+            }
+        }
+    }
+
+    /// The actor's worker died: fail the call it ran, then restart or give up.
+    pub(super) fn actor_worker_died(&mut self, id: Id, stack: &[Frame], cause: &str) {
+        let Some(a) = self.actors.get_mut(&id) else {
+            return;
+        };
+        a.slot = None;
+        a.constructed = false;
+        let name = a.name.clone();
+        let will_restart = a.dead.is_none() && !a.freed && a.restarts_left > 0;
+        let retries = a.max_task_retries;
+        // Calls to run again go back to the front, in their order (rule 8).
+        let mut again = Vec::new();
+        for f in stack.iter().filter(|f| f.task != id) {
+            let retry = will_restart
+                && self
+                    .tasks
+                    .get(&f.task)
+                    .is_some_and(|t| t.attempts <= retries);
+            if retry {
+                if let Some(t) = self.tasks.get_mut(&f.task) {
+                    t.worker = None;
+                    self.events.retried(&t.spec.func);
+                }
+                again.push(f.task);
+                continue;
+            }
+            let err = Error::ActorDied {
+                actor: name.clone(),
+                reason: cause.to_string(),
+            };
+            self.finish_task(f.task, Err(err));
+        }
+        if let Some(a) = self.actors.get_mut(&id) {
+            for t in again.into_iter().rev() {
+                a.calls.push_front(t);
+            }
+        }
+        if let Some(t) = self.tasks.get_mut(&id) {
+            t.worker = None;
+        }
+        let Some(a) = self.actors.get_mut(&id) else {
+            return;
+        };
+        if a.freed {
+            self.actors.remove(&id);
+            return;
+        }
+        if a.dead.is_none() && a.restarts_left > 0 {
+            a.restarts_left -= 1;
+            match self.spawn_worker_for(Some(id)) {
+                Some(w) => {
+                    if let Some(a) = self.actors.get_mut(&id) {
+                        a.slot = Some(w);
+                    }
+                }
+                None => self.actor_gone(id, "its process could not be forked again".into()),
+            }
+        } else {
+            let reason = a.dead.clone().unwrap_or_else(|| cause.to_string());
+            self.actor_gone(id, reason);
+        }
+    }
+
+    /// Ends an actor at once: SIGKILL its worker; no restart.
+    pub(super) fn kill_actor(&mut self, id: Id, reason: &str) {
+        let slot = self.actors.get(&id).and_then(|a| a.slot);
+        self.actor_gone(id, reason.into());
+        if let Some(slot) = slot {
+            self.on_hangup(slot);
+        }
+    }
+
+    /// No handle or call names the actor any more: its worker exits.
+    pub(super) fn actor_freed(&mut self, id: Id) {
+        if let Some(a) = self.actors.get_mut(&id) {
+            a.freed = true;
+        }
+        self.actor_gone(id, "no handle to it is left".into());
+    }
+
+    /// The actor is gone for good: its queued calls (and an unfinished constructor) fail, its
+    /// worker is told to exit, the constructor's kept arguments are released.
+    pub(super) fn actor_gone(&mut self, id: Id, reason: String) {
+        // Calls queued on its worker and not claimed fail with the others (rule 11).
+        if let Some(slot) = self.actors.get(&id).and_then(|a| a.slot) {
+            self.take_back_all(slot);
+        }
+        let Some(a) = self.actors.get_mut(&id) else {
+            return;
+        };
+        let reason = a.dead.get_or_insert(reason).clone();
+        a.restarts_left = 0;
+        let calls: Vec<Id> = a.calls.drain(..).collect();
+        let refs = std::mem::take(&mut a.ctor_refs);
+        let (name, slot, freed) = (a.name.clone(), a.slot, a.freed);
+        let died = || Error::ActorDied {
+            actor: name.clone(),
+            reason: reason.clone(),
+        };
+        for c in calls {
+            self.finish_task(c, Err(died()));
+        }
+        if self.tasks.get(&id).is_some_and(|t| t.worker.is_none()) {
+            self.queue.retain(|&q| q != id);
+            self.finish_task(id, Err(died()));
+        }
+        for r in refs {
+            self.add_ref(r, -1);
+        }
+        match slot {
+            Some(slot) => self.send_to(slot, &ToWorker::Exit),
+            None if freed => {
+                self.actors.remove(&id);
+            }
+            None => {}
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! Cancellation (scheduler rule 9): cooperative flags, grace timers, kills. Must not own the
+//! shared flags (`Scheduler::flags`).
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use crate::protocol::{Id, Payload};
+use crate::shared_flags::SharedFlags;
+use crate::{CancelOutcome, Error};
+
+use super::Scheduler;
+
+/// What the scheduler keeps for cancellation (rule 9).
+pub(super) struct Cancels {
+    /// The shared flags that `rayfork::is_cancelled()` reads.
+    pub(super) flags: SharedFlags,
+    /// Tasks cancelled while running: they resolve to `TaskCancelled` when they stop.
+    pub(super) running: HashSet<Id>,
+    /// Kill timers: deadline key (from `next_request`, in `deadlines`) -> (worker, task).
+    pub(super) timers: HashMap<u64, (u32, Id)>,
+    /// Queued tasks cancelled after their worker claimed them: (force, grace), applied when
+    /// they start (rule 11).
+    pub(super) on_start: HashMap<Id, (bool, Duration)>,
+    /// Workers killed to stop a cancelled task, until their death is handled.
+    pub(super) killed: HashSet<u32>,
+}
+
+impl Cancels {
+    pub(super) fn new(flags: SharedFlags) -> Self {
+        Cancels {
+            flags,
+            running: HashSet::new(),
+            timers: HashMap::new(),
+            on_start: HashMap::new(),
+            killed: HashSet::new(),
+        }
+    }
+}
+
+impl Scheduler {
+    /// Cancels the task that produces `id` and, if `recursive`, every task it submitted,
+    /// transitively. Says `AlreadyFinished` (and does nothing) when `id` is not an unfinished
+    /// task.
+    pub(super) fn cancel(
+        &mut self,
+        id: Id,
+        force: bool,
+        recursive: bool,
+        grace_ms: Option<u64>,
+    ) -> Result<CancelOutcome, Error> {
+        if !self.tasks.contains_key(&id) {
+            return Ok(CancelOutcome::AlreadyFinished);
+        }
+        // The whole tree first: cancelling a task can remove it from the table.
+        let mut tree = vec![id];
+        if recursive {
+            let mut seen: HashSet<Id> = HashSet::from([id]);
+            let mut i = 0;
+            while i < tree.len() {
+                let p = tree[i];
+                let kids: Vec<Id> = self
+                    .tasks
+                    .iter()
+                    .filter(|(c, t)| t.parent == Some(p) && !seen.contains(c))
+                    .map(|(&c, _)| c)
+                    .collect();
+                seen.extend(kids.iter().copied());
+                tree.extend(kids);
+                i += 1;
+            }
+        }
+        let grace = grace_ms.map_or(self.cfg.cancel_grace, Duration::from_millis);
+        for t in tree {
+            self.cancel_one(t, force, grace);
+        }
+        Ok(CancelOutcome::Cancelled)
+    }
+
+    pub(super) fn cancel_one(&mut self, id: Id, force: bool, grace: Duration) {
+        let Some(t) = self.tasks.get(&id) else {
+            return;
+        };
+        let err = Error::TaskCancelled {
+            task: t.name.clone(),
+        };
+        let Some(slot) = t.worker else {
+            // Not started (queued, waiting for its arguments, or waiting for a retry): it never
+            // runs, and whoever waits for it learns at once.
+            self.queue.retain(|&q| q != id);
+            return self.finish_task(id, Err(err));
+        };
+        if t.queued {
+            // Queued on a busy worker (rule 11): taken back, it never runs; claimed, it is
+            // cancelled when it starts.
+            if self.take_back_task(id) {
+                return self.finish_task(id, Err(err));
+            }
+            self.cancel.on_start.insert(id, (force, grace));
+            return;
+        }
+        self.cancel.running.insert(id);
+        // The cooperative request: raise the flag of the task's own frame.
+        if let Some(depth) = self
+            .workers
+            .get(&slot)
+            .and_then(|w| w.stack.iter().position(|f| f.task == id))
+        {
+            self.cancel.flags.raise(slot, depth, id);
+        }
+        // An actor call is only asked to stop: killing the process would end the actor.
+        if self.workers.get(&slot).is_some_and(|w| w.actor.is_some()) {
+            return;
+        }
+        if force || grace.is_zero() {
+            return self.kill_for_cancel(slot);
+        }
+        let key = self.next_request;
+        self.next_request += 1;
+        self.cancel.timers.insert(key, (slot, id));
+        self.deadlines
+            .push(std::cmp::Reverse((Instant::now() + grace, key)));
+    }
+
+    /// A grace period ended: kill the worker if the cancelled task still runs on it.
+    pub(super) fn on_cancel_timer(&mut self, key: u64) {
+        let Some((slot, task)) = self.cancel.timers.remove(&key) else {
+            return;
+        };
+        let still_running = self.cancel.running.contains(&task)
+            && self
+                .tasks
+                .get(&task)
+                .is_some_and(|t| t.worker == Some(slot));
+        if still_running {
+            self.kill_for_cancel(slot);
+        }
+    }
+
+    pub(super) fn kill_for_cancel(&mut self, slot: u32) {
+        if !self.workers.contains_key(&slot) || !self.cancel.killed.insert(slot) {
+            return;
+        }
+        // No more work goes to it; the fork server kills it and reports its exit (rule 4).
+        self.on_hangup(slot);
+    }
+
+    /// Decides the fate of `task`, lost with worker `slot`, when cancellation is involved; false
+    /// leaves it to the crash rule (rule 4).
+    pub(super) fn cancel_on_death(&mut self, slot: u32, task: Id) -> bool {
+        let cancelled = self.cancel.running.remove(&task);
+        let killed = self.cancel.killed.contains(&slot);
+        if !cancelled && !killed {
+            return false;
+        }
+        let Some(t) = self.tasks.get_mut(&task) else {
+            return true;
+        };
+        t.worker = None;
+        if cancelled {
+            let err = Error::TaskCancelled {
+                task: t.name.clone(),
+            };
+            self.finish_task(task, Err(err));
+        } else {
+            // An innocent frame on a worker killed for another task's cancel: resubmitted as
+            // after a crash, without using up one of its attempts.
+            t.attempts = t.attempts.saturating_sub(1);
+            self.reset_returns(task);
+            self.queue.push_front(task);
+        }
+        true
+    }
+
+    /// The result of a task that returned: `TaskCancelled` if it was cancelled meanwhile,
+    /// whatever it returned (dropping the references its value held).
+    #[allow(clippy::type_complexity)]
+    pub(super) fn cancelled_result(
+        &mut self,
+        task: Id,
+        result: Result<Vec<(Payload, Vec<Id>)>, Error>,
+    ) -> Result<Vec<(Payload, Vec<Id>)>, Error> {
+        if !self.cancel.running.remove(&task) {
+            return result;
+        }
+        if let Ok(values) = result {
+            for (_, contained) in values {
+                for c in contained {
+                    self.add_ref(c, -1);
+                }
+            }
+        }
+        let name = self
+            .tasks
+            .get(&task)
+            .map(|t| t.name.clone())
+            .unwrap_or_default();
+        Err(Error::TaskCancelled { task: name })
+    }
+}

@@ -1,0 +1,177 @@
+//! Placing ready tasks on workers (scheduler rules 1, 2). Owns no state of its own.
+
+use crate::protocol::{ActorCall, Arg, Id, Payload, RunTask, ToWorker};
+use crate::{Error, timeline};
+
+use super::Scheduler;
+use super::objects::ObjState;
+use super::pool::Frame;
+use super::resources::Held;
+
+impl Scheduler {
+    /// Starts queued tasks on idle workers (rules 1, 2).
+    pub(super) fn dispatch_ready(&mut self) {
+        if !self.fork_alive && !self.queue.is_empty() {
+            // Nothing can run any more (the fork server's death failed what was queued then).
+            for t in std::mem::take(&mut self.queue) {
+                self.finish_task(t, Err(Error::Runtime("the fork server died".into())));
+            }
+        }
+        self.dispatch_actors();
+        // Rule 1: resumptions first.
+        while let Some(&slot) = self.resume.front() {
+            let Some(f) = self.workers.get(&slot).and_then(|w| w.stack.last()) else {
+                self.resume.pop_front();
+                continue;
+            };
+            if f.pending.is_none() {
+                self.resume.pop_front();
+                continue;
+            }
+            let cpus = f.cpus;
+            if !self.fits(cpus) {
+                return;
+            }
+            self.resume.pop_front();
+            let f = self
+                .workers
+                .get_mut(&slot)
+                .and_then(|w| w.stack.last_mut())
+                .expect("checked above");
+            let msg = f.pending.take().expect("checked above");
+            f.blocked = None;
+            self.cpus_used += cpus;
+            self.send_to(slot, &msg);
+            if let Some(a) = self.workers.get(&slot).and_then(|w| w.actor) {
+                self.mark_actor(a);
+            }
+        }
+        while let Some(pos) = self.next_startable() {
+            let task = self.queue[pos];
+            let cpus = self.task_cpus(task);
+            // Rule 2: an idle worker, else a new one, else a blocked one.
+            let slot = match self.idle_worker() {
+                Some(s) => s,
+                None => {
+                    // Fork as many workers as the queued tasks could use now (free CPUs,
+                    // `max_workers`), all at once; the tasks wait for them.
+                    let free_cpus = (self.cfg.num_cpus as f64 - self.cpus_used).max(1.0).ceil();
+                    let want = self
+                        .queue
+                        .len()
+                        .min(free_cpus as usize)
+                        .min(self.cfg.max_workers.saturating_sub(self.pool_len()));
+                    if self.spawning > 0 || want > 0 {
+                        for _ in self.spawning..want {
+                            self.spawn_worker();
+                        }
+                        return;
+                    }
+                    match self.blocked_worker() {
+                        Some(s) => {
+                            self.stats.nested_inline += 1;
+                            s
+                        }
+                        None => return,
+                    }
+                }
+            };
+            self.queue.remove(pos);
+            self.start_task(slot, task, cpus);
+        }
+    }
+
+    /// The queue position of the next task to start, if one fits now (rule 1): tasks wait in
+    /// order for CPUs, but one that waits only for a GPU or custom resource is passed.
+    pub(super) fn next_startable(&mut self) -> Option<usize> {
+        let mut i = 0;
+        while i < self.queue.len() {
+            let Some(t) = self.tasks.get(&self.queue[i]) else {
+                self.queue.remove(i);
+                continue;
+            };
+            if !self.fits(t.spec.opts.num_cpus) {
+                return None;
+            }
+            if self.fits_other(&t.spec.opts) {
+                return Some(i);
+            }
+            i += 1;
+        }
+        None
+    }
+
+    pub(super) fn task_cpus(&self, id: Id) -> f64 {
+        self.tasks.get(&id).map_or(0.0, |t| t.spec.opts.num_cpus)
+    }
+
+    /// The task to run, with its arguments resolved; the error of an argument that failed.
+    pub(super) fn run_message(&mut self, id: Id) -> Result<RunTask, Error> {
+        let mut args = Vec::new();
+        let mut failed = None;
+        let Some(t) = self.tasks.get(&id) else {
+            return Err(Error::Protocol(format!("task {id:x} is unknown")));
+        };
+        for a in &t.spec.args {
+            match a {
+                Arg::Value { bytes, .. } => args.push(Payload::Inline(bytes.clone())),
+                Arg::Ref(r) => match self.objects.get(r).map(|o| &o.state) {
+                    Some(ObjState::Ready(p)) => args.push(p.clone()),
+                    Some(ObjState::Failed(e)) => failed = Some(e.clone()),
+                    _ => {
+                        failed = Some(Error::Protocol(format!(
+                            "argument object {r:x} is not available"
+                        )))
+                    }
+                },
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let run = RunTask {
+            task: id,
+            func: t.spec.func.clone(),
+            name: t.name.clone(),
+            args,
+            extra: t.spec.extra.clone(),
+            gpus: Vec::new(),
+        };
+        if matches!(t.spec.actor, Some(ActorCall::Create { .. })) {
+            self.keep_ctor(id, &run.args);
+        }
+        Ok(run)
+    }
+
+    pub(super) fn start_task(&mut self, slot: u32, id: Id, cpus: f64) {
+        let mut run = match self.run_message(id) {
+            Ok(run) => run,
+            Err(e) => return self.finish_task_as(id, Err(e), timeline::Outcome::Failed),
+        };
+        let t = self.tasks.get_mut(&id).expect("run_message found it");
+        t.attempts += 1;
+        t.worker = Some(slot);
+        t.queued = false;
+        // Pool tasks start only when their GPUs fit (`fits_other`); an actor takes what is free.
+        let other = Held {
+            gpus: self.gpus.pick(t.spec.opts.num_gpus).unwrap_or_default(),
+            custom: t.spec.opts.resources.clone(),
+        };
+        run.gpus = other.gpus.iter().map(|&(d, _)| d).collect();
+        self.acquire_other(&other);
+        if let Some(w) = self.workers.get_mut(&slot) {
+            w.stack.push(Frame::new(id, cpus, other, w.last_seq));
+            self.events.started(id, w.pid, w.stack.len() - 1);
+        }
+        self.cpus_used += cpus;
+        self.send_to(slot, &ToWorker::Run(run));
+    }
+
+    /// True if `dispatch_ready` can place a task that fits: on an idle pool worker, on one it
+    /// may fork (rule 2), or nested on a blocked one.
+    pub(super) fn can_place(&self) -> bool {
+        self.idle_worker().is_some()
+            || self.pool_len() < self.cfg.max_workers
+            || self.blocked_worker().is_some()
+    }
+}

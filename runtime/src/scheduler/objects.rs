@@ -1,0 +1,318 @@
+//! The object directory: objects, their references (scheduler rule 3), their store memory and
+//! who waits for them. Must not place tasks.
+
+use rayfork_plasma::{ClientId, ObjectId};
+
+use crate::protocol::{ActorCall, Id, Payload, Resolved};
+use crate::{Error, timeline};
+
+use super::Scheduler;
+use super::requests::RequestKind;
+
+pub(super) enum ObjState {
+    Pending,
+    Ready(Payload),
+    Failed(Error),
+}
+
+pub(super) struct Object {
+    pub(super) refs: i64,
+    pub(super) state: ObjState,
+    /// Ids this object's bytes mention; each holds a ref (rule 3).
+    pub(super) contained: Vec<Id>,
+    /// The object has store memory (sealed or not).
+    pub(super) stored: bool,
+    pub(super) sealed: bool,
+    /// The worker that created its store memory and has not sealed it yet.
+    pub(super) creator: Option<u32>,
+    pub(super) waiters: Vec<Waiting>,
+}
+
+impl Object {
+    /// A pending object with the one reference of the handle that names it.
+    pub(super) fn pending() -> Object {
+        Object {
+            refs: 1,
+            state: ObjState::Pending,
+            contained: Vec::new(),
+            stored: false,
+            sealed: false,
+            creator: None,
+            waiters: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+pub(super) enum Waiting {
+    Request(u64),
+    Task(Id),
+}
+
+impl Scheduler {
+    /// Records that worker `slot` holds `d` more references to `id` (rule 3).
+    pub(super) fn own(&mut self, slot: Option<u32>, id: Id, d: i64) {
+        if let Some(w) = slot.and_then(|s| self.workers.get_mut(&s)) {
+            let e = w.held.entry(id).or_insert(0);
+            *e += d;
+            if *e == 0 {
+                w.held.remove(&id);
+            }
+        }
+    }
+
+    pub(super) fn add_ref(&mut self, id: Id, d: i64) {
+        let Some(o) = self.objects.get_mut(&id) else {
+            return;
+        };
+        o.refs += d;
+        if o.refs <= 0 {
+            self.free(id);
+        }
+    }
+
+    pub(super) fn free(&mut self, id: Id) {
+        let mut stack = vec![id];
+        while let Some(id) = stack.pop() {
+            if self.is_running_return(id) && !self.take_back_unwanted(id) {
+                // Kept (with no refs) until its task ends: the worker may still write it; it is
+                // freed when it resolves (rule 6).
+                continue;
+            }
+            let Some(o) = self.objects.remove(&id) else {
+                continue;
+            };
+            if self.actors.contains_key(&id) {
+                self.actor_freed(id);
+            }
+            if let Some(st) = self.streams.remove(&id) {
+                for item in st.items.into_iter().flatten() {
+                    self.add_ref(item, -1);
+                }
+            }
+            if o.stored {
+                self.release_memory(id, o.sealed);
+            }
+            for c in o.contained {
+                if let Some(co) = self.objects.get_mut(&c) {
+                    co.refs -= 1;
+                    if co.refs <= 0 {
+                        stack.push(c);
+                    }
+                }
+            }
+            // A task nobody waits for any more: drop it if it has not started (rules 4, 6). An
+            // actor call runs anyway: it is made for its effect on the actor (rule 8).
+            if let ObjState::Pending = o.state {
+                let task = self.task_of_return(id);
+                let unstarted = self
+                    .tasks
+                    .get(&task)
+                    .is_some_and(|t| t.worker.is_none() && t.spec.actor.is_none());
+                if unstarted && !self.any_return_alive(task) {
+                    self.queue.retain(|&q| q != task);
+                    self.release_task_args(task);
+                    // Its other returns may have been kept with no refs while it was queued on
+                    // a worker (rule 11): with the task gone, they go too.
+                    let rets: Vec<Id> = std::iter::once(task)
+                        .chain(
+                            self.tasks
+                                .get(&task)
+                                .map_or(&[][..], |t| &t.spec.extra[..])
+                                .iter()
+                                .copied(),
+                        )
+                        .collect();
+                    self.forget_task(task);
+                    stack.extend(
+                        rets.into_iter()
+                            .filter(|r| self.objects.get(r).is_some_and(|o| o.refs <= 0)),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Gives an object's store memory back: deleted if sealed (freed once unpinned), aborted
+    /// if its writer never sealed it.
+    pub(super) fn release_memory(&mut self, id: Id, sealed: bool) {
+        let oid = ObjectId::from_u128(id);
+        let _ = if sealed {
+            self.store.delete(oid)
+        } else {
+            self.store.abort(oid)
+        };
+    }
+
+    pub(super) fn create(
+        &mut self,
+        slot: Option<u32>,
+        id: Id,
+        size: u64,
+    ) -> Result<(u64, u64), Error> {
+        let client = ClientId(slot.unwrap_or(0));
+        let oid = ObjectId::from_u128(id);
+        // A large task result is written under the task's own id by the worker running it.
+        if let Some(o) = self.objects.get(&id) {
+            let runs_it = self
+                .tasks
+                .get(&self.task_of_return(id))
+                .is_some_and(|t| t.worker.is_some() && t.worker == slot);
+            if !(runs_it && matches!(o.state, ObjState::Pending) && !o.stored) {
+                return Err(Error::Protocol(format!(
+                    "create of an existing object {id:x}"
+                )));
+            }
+            let d = self.store.create(oid, size, client)?;
+            let o = self.objects.get_mut(&id).expect("checked above");
+            o.stored = true;
+            o.creator = slot;
+            return Ok((d.offset, d.len));
+        }
+        // A result of a task this worker runs whose refs were all dropped before it started:
+        // written with no ref, and freed when it resolves (rule 6).
+        let orphan = self
+            .tasks
+            .get(&self.task_of_return(id))
+            .is_some_and(|t| t.worker.is_some() && t.worker == slot);
+        let d = self.store.create(oid, size, client)?;
+        let created = Object {
+            stored: true,
+            creator: slot,
+            ..Object::pending()
+        };
+        if orphan {
+            self.objects.insert(id, Object { refs: 0, ..created });
+            return Ok((d.offset, d.len));
+        }
+        self.objects.insert(id, created);
+        self.own(slot, id, 1);
+        Ok((d.offset, d.len))
+    }
+
+    pub(super) fn seal(&mut self, slot: Option<u32>, id: Id, contained: Vec<Id>) {
+        let ok = self
+            .objects
+            .get(&id)
+            .is_some_and(|o| o.stored && !o.sealed && o.creator == slot);
+        if !ok {
+            return self.bad(slot, "seal of an object it did not create");
+        }
+        if self.store.seal(ObjectId::from_u128(id)).is_err() {
+            return self.bad(slot, "seal refused by the store");
+        }
+        for &c in &contained {
+            self.own(slot, c, -1);
+        }
+        let d = self.store.descriptor(ObjectId::from_u128(id));
+        let is_task_result = self.tasks.contains_key(&self.task_of_return(id));
+        let o = self.objects.get_mut(&id).expect("checked above");
+        o.sealed = true;
+        o.creator = None;
+        o.contained = contained;
+        if !is_task_result {
+            if let Some(d) = d {
+                o.state = ObjState::Ready(Payload::Stored {
+                    offset: d.offset,
+                    len: d.len,
+                });
+                self.notify(id);
+            }
+        }
+    }
+
+    pub(super) fn abort(&mut self, slot: Option<u32>, id: Id) {
+        let ok = self
+            .objects
+            .get(&id)
+            .is_some_and(|o| o.stored && !o.sealed && o.creator == slot);
+        if !ok {
+            return self.bad(slot, "abort of an object it did not create");
+        }
+        let _ = self.store.abort(ObjectId::from_u128(id));
+        if self.tasks.contains_key(&self.task_of_return(id)) {
+            if let Some(o) = self.objects.get_mut(&id) {
+                o.stored = false;
+                o.creator = None;
+            }
+        } else {
+            self.own(slot, id, -1);
+            if let Some(o) = self.objects.remove(&id) {
+                for c in o.contained {
+                    self.add_ref(c, -1);
+                }
+            }
+        }
+    }
+
+    pub(super) fn notify(&mut self, id: Id) {
+        let waiters = match self.objects.get_mut(&id) {
+            Some(o) => std::mem::take(&mut o.waiters),
+            None => return,
+        };
+        let failed = match self.objects.get(&id).map(|o| &o.state) {
+            Some(ObjState::Failed(e)) => Some(e.clone()),
+            _ => None,
+        };
+        for w in waiters {
+            match w {
+                Waiting::Task(t) => {
+                    if let Some(err) = &failed {
+                        // A task whose argument failed fails with that error, unrun.
+                        if self.tasks.get(&t).is_some_and(|t| t.worker.is_none()) {
+                            self.queue.retain(|&q| q != t);
+                            self.finish_task_as(t, Err(err.clone()), timeline::Outcome::Failed);
+                        }
+                        continue;
+                    }
+                    if let Some(task) = self.tasks.get_mut(&t) {
+                        task.missing = task.missing.saturating_sub(1);
+                        if task.missing == 0 {
+                            match task.spec.actor {
+                                None => self.queue.push_back(t),
+                                Some(ActorCall::Method { actor }) => self.mark_actor(actor),
+                                Some(ActorCall::Create { .. }) => self.mark_actor(t),
+                            }
+                        }
+                    }
+                }
+                Waiting::Request(rid) => {
+                    let done = match self.requests.get_mut(&rid) {
+                        Some(r) => {
+                            r.missing = r.missing.saturating_sub(1);
+                            match r.kind {
+                                RequestKind::Get => r.missing == 0,
+                                RequestKind::Wait { need } => r.ids.len() - r.missing >= need,
+                                // The stream ended (rule 10).
+                                RequestKind::Next { .. } => r.missing == 0,
+                                // Only the caller taking items makes room.
+                                RequestKind::YieldRoom => false,
+                            }
+                        }
+                        None => false,
+                    };
+                    if done {
+                        self.complete_request(rid, None);
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn is_ready(&self, id: Id) -> bool {
+        self.objects
+            .get(&id)
+            .is_none_or(|o| !matches!(o.state, ObjState::Pending))
+    }
+
+    pub(super) fn resolve(&self, id: Id) -> Resolved {
+        match self.objects.get(&id).map(|o| &o.state) {
+            Some(ObjState::Ready(p)) => Resolved::Value(p.clone()),
+            Some(ObjState::Failed(e)) => Resolved::Error(e.clone()),
+            Some(ObjState::Pending) => Resolved::Error(Error::Protocol("not ready".into())),
+            None => Resolved::Error(Error::Protocol(format!(
+                "object {id:x} does not exist (freed, or never created)"
+            ))),
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! The worker pool: worker processes, their stacks of frames, death (scheduler rule 4) and
+//! retirement (rule 7). Must not decide retries: it asks the task table.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::unix::net::UnixStream;
+use std::time::Instant;
+
+use rayfork_plasma::ClientId;
+
+use crate::idmap::IdMap;
+use crate::ipc::{FrameReader, FrameWriter};
+use crate::protocol::{ExitCause, ForkRequest, Id, ToWorker};
+use crate::{Error, ipc, shared_flags, timeline};
+
+use super::Scheduler;
+use super::fork_link::FORK_QUIET;
+use super::pipeline::Queued;
+use super::resources::{EPS, Held};
+
+pub(super) struct Frame {
+    pub(super) task: Id,
+    pub(super) cpus: f64,
+    /// GPUs and custom resources, held until the frame leaves the stack (rule 1).
+    pub(super) other: Held,
+    /// Blocked in this request.
+    pub(super) blocked: Option<u64>,
+    /// The answer to its request, held until the frame is on top and has CPUs (rule 1).
+    pub(super) pending: Option<ToWorker>,
+    /// For a frame at the bottom of the stack: the sequence number of the last task queued on
+    /// the worker before this frame's task was sent (rule 11). When it is done, every queued
+    /// task up to that one is settled on the worker's side.
+    pub(super) mark: u64,
+    /// For a task started from the worker's queue: its claim cell and ticket (rule 11).
+    pub(super) claim: Option<(u32, u64)>,
+}
+
+impl Frame {
+    pub(super) fn new(task: Id, cpus: f64, other: Held, mark: u64) -> Frame {
+        Frame {
+            task,
+            cpus,
+            other,
+            blocked: None,
+            pending: None,
+            mark,
+            claim: None,
+        }
+    }
+}
+
+pub(super) struct Worker {
+    pub(super) pid: i32,
+    /// The actor this worker belongs to (rule 8); `None` for a pool worker.
+    pub(super) actor: Option<Id>,
+    /// The driver's end of its socket, non-blocking; `None` once it hung up.
+    pub(super) stream: Option<UnixStream>,
+    pub(super) reader: FrameReader,
+    pub(super) out: FrameWriter,
+    pub(super) ready: bool,
+    pub(super) stack: Vec<Frame>,
+    /// Net references held by this worker's handles (rule 3).
+    pub(super) held: IdMap<Id, i64>,
+    pub(super) hung_up: bool,
+    /// Tasks run per function, counted for functions called with `max_calls` (rule 7).
+    pub(super) calls: HashMap<String, u32>,
+    /// Reached a `max_calls`: takes no more work (rule 7).
+    pub(super) retiring: bool,
+    /// Sent `Exit`: its end is a retirement (rule 7).
+    pub(super) retired: bool,
+    /// Its socket is in the epoll set for writability too (output is waiting for room).
+    pub(super) out_armed: bool,
+    /// Its lane of claim cells, if one was free when it was forked (rule 11).
+    pub(super) lane: Option<u32>,
+    /// Tasks queued on it, in the order sent (rule 11).
+    pub(super) queued: VecDeque<Queued>,
+    /// The sequence number of the last task queued on it.
+    pub(super) last_seq: u64,
+    /// Every task queued on it up to this sequence number is settled on its side (claimed or
+    /// dropped), so their claim cells may be armed again.
+    pub(super) settled: u64,
+}
+
+impl Worker {
+    /// True for a pool worker that is up, connected and takes work (not an actor's, not
+    /// retiring: rules 7, 8).
+    pub(super) fn takes_pool_work(&self) -> bool {
+        self.actor.is_none() && self.ready && self.stream.is_some() && !self.retiring
+    }
+
+    /// True if a task needing `cpus` can be queued behind its running frame, with at most
+    /// `depth` tasks queued (rule 11).
+    pub(super) fn can_queue(&self, cpus: f64, depth: usize) -> bool {
+        self.lane.is_some()
+            && self.ready
+            && self.stream.is_some()
+            && !self.retiring
+            && self.stack.len() == 1
+            && self.stack[0].blocked.is_none()
+            && (self.stack[0].cpus - cpus).abs() < EPS
+            && self.queued.len() < depth
+            && self.last_seq + 1 - self.settled <= shared_flags::RING
+    }
+}
+
+impl Scheduler {
+    pub(super) fn spawn_worker(&mut self) {
+        self.spawn_worker_for(None);
+    }
+
+    /// Forks a worker for the pool, or for `actor` (rule 8); its slot if the request went out.
+    pub(super) fn spawn_worker_for(&mut self, actor: Option<Id>) -> Option<u32> {
+        let slot = self.next_slot;
+        self.next_slot += 1;
+        if ipc::send_packet(&self.fork, &ForkRequest::Spawn { worker: slot }, &[]).is_err() {
+            return None;
+        }
+        self.fork_quiet_until = Instant::now() + FORK_QUIET;
+        {
+            if actor.is_none() {
+                self.spawning += 1;
+                self.pool.insert(slot);
+            }
+            self.workers.insert(
+                slot,
+                Worker {
+                    pid: 0,
+                    actor,
+                    stream: None,
+                    reader: FrameReader::default(),
+                    out: FrameWriter::default(),
+                    ready: false,
+                    stack: Vec::new(),
+                    held: IdMap::default(),
+                    hung_up: false,
+                    calls: HashMap::new(),
+                    retiring: false,
+                    retired: false,
+                    out_armed: false,
+                    lane: self.free_lanes.pop(),
+                    queued: VecDeque::new(),
+                    last_seq: 0,
+                    settled: 0,
+                },
+            );
+            self.stats.workers_started += 1;
+            self.stats.peak_workers = self.stats.peak_workers.max(self.workers.len());
+        }
+        Some(slot)
+    }
+
+    /// Pool workers alive or starting, that will take work (actor workers are not counted,
+    /// rule 8; nor retiring ones, rule 7: a replacement may be forked while one finishes).
+    pub(super) fn pool_len(&self) -> usize {
+        self.pool_workers().filter(|(_, w)| !w.retiring).count()
+    }
+
+    /// The pool's workers, lowest slot first.
+    pub(super) fn pool_workers(&self) -> impl Iterator<Item = (u32, &Worker)> + '_ {
+        self.pool
+            .iter()
+            .filter_map(|&s| self.workers.get(&s).map(|w| (s, w)))
+    }
+
+    pub(super) fn on_hangup(&mut self, slot: u32) {
+        let Some(w) = self.workers.get_mut(&slot) else {
+            return;
+        };
+        w.hung_up = true;
+        if let Some(stream) = w.stream.take() {
+            let _ = self.epoll.delete(&stream);
+        }
+        let pid = w.pid;
+        // Make sure it is dead; its exit (with the cause) comes from the fork server.
+        let _ = ipc::send_packet(&self.fork, &ForkRequest::Kill { pid }, &[]);
+        self.fork_quiet_until = Instant::now() + FORK_QUIET;
+    }
+
+    pub(super) fn kill_worker(&mut self, slot: u32, why: &str) {
+        eprintln!("rayfork: killing worker {slot}: {why}");
+        self.on_hangup(slot);
+    }
+
+    pub(super) fn on_worker_death(&mut self, slot: u32, cause: ExitCause) {
+        let Some(mut w) = self.workers.remove(&slot) else {
+            return;
+        };
+        self.pool.remove(&slot);
+        // Out of the epoll set before its socket closes: a copy of the fd (a fork in the
+        // driver) would otherwise keep a registration no one can remove.
+        if let Some(stream) = w.stream.take() {
+            let _ = self.epoll.delete(&stream);
+        }
+        // Rule 11: a task started from its queue that it never claimed (it died between the
+        // `Done` before it and the claim) never ran: it goes back with the queued ones.
+        let unclaimed = w.stack.len() == 1
+            && w.stack[0]
+                .claim
+                .is_some_and(|(cell, ticket)| self.cancel.flags.take(cell, ticket));
+        if unclaimed {
+            let f = w.stack.pop().expect("one frame");
+            self.events.unstarted(f.task);
+            self.stats.pipelined = self.stats.pipelined.saturating_sub(1);
+            self.queued_now += 1;
+            self.cpus_used -= f.cpus;
+            if let Some(t) = self.tasks.get_mut(&f.task) {
+                t.attempts = t.attempts.saturating_sub(1);
+            }
+            w.queued.push_front(Queued {
+                task: f.task,
+                seq: f.mark,
+                ticket: 0,
+                cpus: f.cpus,
+            });
+        }
+        if w.retired {
+            self.stats.workers_retired += 1;
+        } else {
+            self.stats.workers_died += 1;
+        }
+        if !w.ready && w.actor.is_none() {
+            self.spawning = self.spawning.saturating_sub(1);
+        }
+        self.resume.retain(|&s| s != slot);
+        for f in &w.stack {
+            if let Some(rid) = f.blocked {
+                self.requests.remove(&rid);
+            }
+        }
+        // Only a running top frame holds CPUs (rule 1).
+        if let Some(top) = w.stack.last() {
+            if top.blocked.is_none() {
+                self.cpus_used -= top.cpus;
+            }
+        }
+        if self.cpus_used < EPS {
+            self.cpus_used = 0.0;
+        }
+        // Every frame holds its GPUs and custom resources (rule 1).
+        for f in &w.stack {
+            self.release_other(&f.other);
+        }
+        let crash = self.crash_cause(w.pid, cause);
+        for f in &w.stack {
+            let name = self.tasks.get(&f.task).map_or("", |t| t.name.as_str());
+            let outcome = if self.cancel.running.contains(&f.task) {
+                timeline::Outcome::Cancelled
+            } else {
+                timeline::Outcome::Crashed
+            };
+            self.events.ended(f.task, name, outcome);
+        }
+        if let Some(lane) = w.lane {
+            self.free_lanes.push(lane);
+        }
+        // Rule 11: its queued tasks never started; they go back in order, no attempt used.
+        self.queued_now = self.queued_now.saturating_sub(w.queued.len());
+        for q in w.queued.iter().rev() {
+            let Some(t) = self.tasks.get_mut(&q.task) else {
+                continue;
+            };
+            t.worker = None;
+            t.queued = false;
+            let cancelled = self.cancel.on_start.remove(&q.task).is_some()
+                | self.cancel.running.remove(&q.task);
+            if cancelled {
+                let err = Error::TaskCancelled {
+                    task: t.name.clone(),
+                };
+                self.finish_task(q.task, Err(err));
+            } else {
+                self.requeue_front(q.task);
+            }
+        }
+        if let Some(actor) = w.actor {
+            // A cancelled call resolves as cancelled (rule 9); the others die with the actor.
+            for f in &w.stack {
+                if self.cancel.running.contains(&f.task) {
+                    self.cancel_on_death(slot, f.task);
+                }
+            }
+            self.actor_worker_died(actor, &w.stack, &crash);
+        }
+        // Rule 4: retry or fail every task on its stack.
+        for f in w.stack.iter().rev().filter(|_| w.actor.is_none()) {
+            if self.cancel_on_death(slot, f.task) {
+                continue;
+            }
+            let Some(t) = self.tasks.get_mut(&f.task) else {
+                continue;
+            };
+            t.worker = None;
+            if t.attempts <= t.spec.opts.max_retries && t.spec.opts.streaming.is_none() {
+                self.events.retried(&t.spec.func);
+                self.reset_returns(f.task);
+                self.queue.push_front(f.task);
+            } else {
+                let err = Error::WorkerCrashed {
+                    task: t.name.clone(),
+                    attempts: t.attempts,
+                    cause: crash.clone(),
+                };
+                self.finish_task(f.task, Err(err));
+            }
+        }
+        self.cancel.killed.remove(&slot);
+        for (id, n) in w.held {
+            if n != 0 {
+                self.add_ref(id, -n);
+            }
+        }
+        self.store.client_gone(ClientId(slot));
+        // Keep the pool at its size.
+        if w.actor.is_none() && self.pool_len() < self.cfg.initial_workers() {
+            self.spawn_worker();
+        }
+    }
+
+    /// After a frame left a worker: resume the frame below, or start its next queued task
+    /// (rule 11), or mark the worker idle.
+    pub(super) fn after_pop(&mut self, slot: u32) {
+        let Some(w) = self.workers.get(&slot) else {
+            return;
+        };
+        if let Some(f) = w.stack.last() {
+            if f.pending.is_some() && !self.resume.contains(&slot) {
+                self.resume.push_back(slot);
+            }
+        } else if !w.queued.is_empty() {
+            // Rule 1 first: a frame waiting to resume gets the CPUs its queued tasks would take.
+            if w.actor.is_none() && !self.resume.is_empty() {
+                self.take_back_all(slot);
+            }
+            self.start_queued(slot);
+        }
+        self.retire_if_done(slot);
+    }
+
+    /// The lowest idle pool worker, if any.
+    pub(super) fn idle_worker(&self) -> Option<u32> {
+        self.pool_workers()
+            .find(|(_, w)| w.takes_pool_work() && w.stack.is_empty())
+            .map(|(s, _)| s)
+    }
+
+    /// The lowest pool worker whose top frame is blocked with no answer waiting: it can run a
+    /// task nested (rule 2).
+    pub(super) fn blocked_worker(&self) -> Option<u32> {
+        self.pool_workers()
+            .find(|(_, w)| {
+                w.takes_pool_work()
+                    && w.stack
+                        .last()
+                        .is_some_and(|f| f.blocked.is_some() && f.pending.is_none())
+            })
+            .map(|(s, _)| s)
+    }
+
+    /// Counts a finished task against its function's `max_calls` on this worker.
+    pub(super) fn count_call(&mut self, slot: u32, task: Id) {
+        let Some(t) = self.tasks.get(&task) else {
+            return;
+        };
+        let max = t.spec.opts.max_calls;
+        if max == 0 {
+            return;
+        }
+        let Some(w) = self.workers.get_mut(&slot) else {
+            return;
+        };
+        let n = w.calls.entry(t.spec.func.clone()).or_insert(0);
+        *n += 1;
+        if *n >= max {
+            w.retiring = true;
+        }
+    }
+
+    /// Sends `Exit` to a retiring worker once its stack is empty (rule 7).
+    pub(super) fn retire_if_done(&mut self, slot: u32) {
+        let Some(w) = self.workers.get_mut(&slot) else {
+            return;
+        };
+        if !w.retiring || w.retired || !w.stack.is_empty() {
+            return;
+        }
+        w.retired = true;
+        self.send_to(slot, &ToWorker::Exit);
+    }
+}

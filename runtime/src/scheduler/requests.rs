@@ -1,0 +1,207 @@
+//! Requests (`get`, `wait`, `next`, a generator's room) and the deadlines of timeouts and
+//! cancel timers. Touches workers only through `send_to` and their blocked frames.
+
+use std::time::{Duration, Instant};
+
+use crate::Error;
+use crate::protocol::{Id, ToWorker};
+
+use super::Scheduler;
+use super::messages::ClientKey;
+use super::objects::{ObjState, Waiting};
+use super::resources::EPS;
+use super::streams::Stream;
+
+pub(super) enum RequestKind {
+    Get,
+    Wait {
+        need: usize,
+    },
+    /// Item `index` of the stream of the task `ids[0]` (rule 10).
+    Next {
+        index: u64,
+    },
+    /// A generator waits for room in its stream `ids[0]` (rule 10).
+    YieldRoom,
+}
+
+pub(super) struct Request {
+    pub(super) client: ClientKey,
+    pub(super) ids: Vec<Id>,
+    pub(super) kind: RequestKind,
+    pub(super) missing: usize,
+    /// Its timeout, for the `Timeout` error.
+    pub(super) timeout_ms: Option<u64>,
+}
+
+impl Scheduler {
+    pub(super) fn request(
+        &mut self,
+        client: ClientKey,
+        ids: Vec<Id>,
+        kind: RequestKind,
+        timeout_ms: Option<u64>,
+    ) {
+        let missing = ids.iter().filter(|&&i| !self.is_ready(i)).count();
+        let satisfied = match kind {
+            RequestKind::Get => missing == 0,
+            RequestKind::Wait { need } => ids.len() - missing >= need,
+            RequestKind::Next { index } => missing == 0 || self.has_item(ids[0], index),
+            RequestKind::YieldRoom => self.streams.get(&ids[0]).is_none_or(Stream::has_room),
+        };
+        if satisfied {
+            // Answered at once: the frame never blocks and keeps its CPUs.
+            let answer = self.answer_to(&client, &ids, &kind, None);
+            return self.reply(&client, answer);
+        }
+        let rid = self.next_request;
+        self.next_request += 1;
+        let worker = match client {
+            ClientKey::Worker(s) => Some(s),
+            ClientKey::Driver(_) => None,
+        };
+        if matches!(kind, RequestKind::Next { .. } | RequestKind::YieldRoom) {
+            if let Some(st) = self.streams.get_mut(&ids[0]) {
+                st.waiting.push(rid);
+            }
+        }
+        for id in &ids {
+            if let Some(o) = self.objects.get_mut(id) {
+                if matches!(o.state, ObjState::Pending) {
+                    o.waiters.push(Waiting::Request(rid));
+                }
+            }
+        }
+        self.requests.insert(
+            rid,
+            Request {
+                client,
+                ids,
+                kind,
+                missing,
+                timeout_ms,
+            },
+        );
+        if let Some(ms) = timeout_ms {
+            self.deadlines.push(std::cmp::Reverse((
+                Instant::now() + Duration::from_millis(ms),
+                rid,
+            )));
+        }
+        // Rule 1: a blocked frame gives its CPUs back.
+        if let Some(slot) = worker {
+            let Some(f) = self.workers.get_mut(&slot).and_then(|w| w.stack.last_mut()) else {
+                self.requests.remove(&rid);
+                return self.kill_worker(slot, "get outside a task");
+            };
+            if f.blocked.is_some() {
+                self.requests.remove(&rid);
+                return self.kill_worker(slot, "a second request while blocked in one");
+            }
+            f.blocked = Some(rid);
+            self.cpus_used -= f.cpus;
+            if self.cpus_used < EPS {
+                self.cpus_used = 0.0;
+            }
+            // Rule 11: a blocked frame may wait for a task queued behind it; none of them can
+            // have been claimed, the worker's stack is not empty.
+            if self.take_back_all(slot) > 0 {
+                self.kill_worker(slot, "claimed a queued task while a frame was on its stack");
+            }
+        }
+    }
+
+    /// Acts on the deadlines that passed.
+    pub(super) fn expire_deadlines(&mut self) {
+        let now = Instant::now();
+        while let Some(std::cmp::Reverse((t, rid))) = self.deadlines.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.deadlines.pop();
+            self.on_cancel_timer(rid);
+            if let Some(ms) = self.requests.get(&rid).and_then(|r| r.timeout_ms) {
+                self.complete_request(rid, Some(ms));
+            }
+        }
+    }
+
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.peek().map(|r| r.0.0)
+    }
+
+    /// The answer to a request over `ids`; `timed_out` is set when its deadline passed first.
+    pub(super) fn answer(
+        &self,
+        ids: &[Id],
+        kind: &RequestKind,
+        timed_out: Option<u64>,
+    ) -> ToWorker {
+        match kind {
+            RequestKind::Get if timed_out.is_some() => ToWorker::GetReply(Err(Error::Timeout {
+                millis: timed_out.unwrap_or(0),
+            })),
+            RequestKind::Get => {
+                ToWorker::GetReply(Ok(ids.iter().map(|&i| self.resolve(i)).collect()))
+            }
+            RequestKind::Wait { .. } => {
+                ToWorker::WaitReply(ids.iter().map(|&i| self.is_ready(i)).collect())
+            }
+            RequestKind::Next { index } => {
+                ToWorker::NextItemReply(self.stream_item(ids[0], *index))
+            }
+            RequestKind::YieldRoom => ToWorker::YieldAck,
+        }
+    }
+
+    /// `answer`, plus what answering a `Next` does: the stream's reference to the item moves
+    /// to the asker, and the generator may get room (rule 10).
+    pub(super) fn answer_to(
+        &mut self,
+        client: &ClientKey,
+        ids: &[Id],
+        kind: &RequestKind,
+        timed_out: Option<u64>,
+    ) -> ToWorker {
+        let answer = self.answer(ids, kind, timed_out);
+        if let (RequestKind::Next { index }, ToWorker::NextItemReply(Ok(Some(item)))) =
+            (kind, &answer)
+        {
+            let slot = match client {
+                ClientKey::Worker(s) => Some(*s),
+                ClientKey::Driver(_) => None,
+            };
+            // The stream's reference moves to the asker.
+            self.own(slot, *item, 1);
+            self.item_taken(ids[0], *index);
+        }
+        answer
+    }
+
+    /// Answers a waiting request; `timed_out` is set when its deadline passed first.
+    pub(super) fn complete_request(&mut self, rid: u64, timed_out: Option<u64>) {
+        let Some(req) = self.requests.remove(&rid) else {
+            return;
+        };
+        let answer = self.answer_to(&req.client, &req.ids, &req.kind, timed_out);
+        match req.client {
+            ClientKey::Driver(tx) => {
+                let _ = tx.send(answer);
+            }
+            ClientKey::Worker(slot) => {
+                // Rule 1: hold the answer until the frame is on top and has its CPUs back.
+                let Some(w) = self.workers.get_mut(&slot) else {
+                    return;
+                };
+                let Some(f) = w.stack.iter_mut().find(|f| f.blocked == Some(rid)) else {
+                    return;
+                };
+                f.pending = Some(answer);
+                let on_top = w.stack.last().is_some_and(|f| f.blocked == Some(rid));
+                if on_top && !self.resume.contains(&slot) {
+                    self.resume.push_back(slot);
+                }
+            }
+        }
+    }
+}

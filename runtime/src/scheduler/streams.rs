@@ -1,0 +1,132 @@
+//! Generators' streams (scheduler rule 10): items, their order, back-pressure. Must not
+//! touch workers except through requests.
+
+use crate::Error;
+use crate::protocol::Id;
+
+use super::Scheduler;
+use super::messages::ClientKey;
+use super::objects::ObjState;
+use super::requests::RequestKind;
+
+/// The items of a generator task (rule 10).
+pub(super) struct Stream {
+    /// Items yielded so far; the stream holds one reference to each until the caller takes it
+    /// (then `None`: the reference moved to the caller).
+    pub(super) items: Vec<Option<Id>>,
+    /// Items taken by the caller (the highest index asked for, plus one).
+    pub(super) taken: u64,
+    /// At most this many items wait untaken (0: no limit).
+    pub(super) bound: u32,
+    /// Requests waiting on this stream: `Next`s, and the generator's `YieldRoom`.
+    pub(super) waiting: Vec<u64>,
+}
+
+impl Stream {
+    pub(super) fn has_room(&self) -> bool {
+        self.bound == 0 || (self.items.len() as u64).saturating_sub(self.taken) < self.bound as u64
+    }
+}
+
+impl Scheduler {
+    pub(super) fn has_item(&self, stream: Id, index: u64) -> bool {
+        self.streams
+            .get(&stream)
+            .is_some_and(|st| index < st.items.len() as u64)
+    }
+
+    /// Item `index` of a stream, or its end: `None` after a task that finished, its error
+    /// after one that failed.
+    pub(super) fn stream_item(&self, stream: Id, index: u64) -> Result<Option<Id>, Error> {
+        let Some(st) = self.streams.get(&stream) else {
+            return Err(Error::Protocol(format!(
+                "object {stream:x} is not a generator's (or it was freed)"
+            )));
+        };
+        match st.items.get(index as usize) {
+            Some(Some(item)) => return Ok(Some(*item)),
+            Some(None) => {
+                return Err(Error::Protocol(format!(
+                    "item {index} of generator {stream:x} was already taken"
+                )));
+            }
+            None => {}
+        }
+        match self.objects.get(&stream).map(|o| &o.state) {
+            Some(ObjState::Failed(e)) => Err(e.clone()),
+            _ => Ok(None),
+        }
+    }
+
+    /// The caller took item `index`: the generator may have room again.
+    pub(super) fn item_taken(&mut self, stream: Id, index: u64) {
+        let Some(st) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        if let Some(i) = st.items.get_mut(index as usize) {
+            *i = None;
+        }
+        st.taken = st.taken.max(index + 1);
+        if !st.has_room() {
+            return;
+        }
+        let room: Vec<u64> = st
+            .waiting
+            .iter()
+            .copied()
+            .filter(|rid| {
+                self.requests
+                    .get(rid)
+                    .is_some_and(|r| matches!(r.kind, RequestKind::YieldRoom))
+            })
+            .collect();
+        st.waiting.retain(|rid| !room.contains(rid));
+        for rid in room {
+            self.complete_request(rid, None);
+        }
+    }
+
+    /// A generator yielded `item` (rule 10): checked, moved to its stream, handed to waiting
+    /// callers; the generator goes on at once if the stream has room.
+    pub(super) fn on_yield(&mut self, slot: u32, task: Id, item: Id) {
+        let on_top = self
+            .workers
+            .get(&slot)
+            .and_then(|w| w.stack.last())
+            .is_some_and(|f| f.task == task && f.blocked.is_none());
+        let held = self
+            .workers
+            .get(&slot)
+            .is_some_and(|w| w.held.get(&item).is_some_and(|&n| n > 0));
+        if !on_top || !held || !self.streams.contains_key(&task) || !self.is_ready(item) {
+            return self.kill_worker(
+                slot,
+                "yield of an item it does not hold, or not from a generator",
+            );
+        }
+        self.own(Some(slot), item, -1);
+        let st = self.streams.get_mut(&task).expect("checked above");
+        st.items.push(Some(item));
+        let len = st.items.len() as u64;
+        let ready: Vec<u64> = st
+            .waiting
+            .iter()
+            .copied()
+            .filter(|rid| {
+                self.requests
+                    .get(rid)
+                    .is_some_and(|r| matches!(r.kind, RequestKind::Next { index } if index < len))
+            })
+            .collect();
+        st.waiting.retain(|rid| !ready.contains(rid));
+        for rid in ready {
+            self.complete_request(rid, None);
+        }
+        self.request(
+            ClientKey::Worker(slot),
+            vec![task],
+            RequestKind::YieldRoom,
+            None,
+        );
+    }
+}

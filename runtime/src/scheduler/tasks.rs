@@ -1,0 +1,412 @@
+//! The task table: submission, results and retries, multiple returns (scheduler rules 4, 6).
+//! Must not pick workers.
+
+use rayfork_plasma::ObjectId;
+
+use crate::protocol::{ActorCall, Arg, Id, Outcome, Payload, TaskSpec};
+use crate::{Error, timeline};
+
+use super::Scheduler;
+use super::objects::{ObjState, Object, Waiting};
+use super::resources::EPS;
+use super::streams::Stream;
+
+pub(super) struct Task {
+    pub(super) spec: TaskSpec,
+    pub(super) name: String,
+    pub(super) missing: usize,
+    pub(super) attempts: u32,
+    /// The worker it runs on, or is queued on (rule 11).
+    pub(super) worker: Option<u32>,
+    /// Queued on `worker`, not started (rule 11).
+    pub(super) queued: bool,
+    pub(super) parent: Option<Id>,
+}
+
+impl Scheduler {
+    pub(super) fn submit(&mut self, slot: Option<u32>, spec: TaskSpec) {
+        let id = spec.ret;
+        if self.objects.contains_key(&id) || self.tasks.contains_key(&id) {
+            return self.bad(slot, "submit of an id that exists");
+        }
+        if !self.extra_ids_fresh(&spec) {
+            return self.bad(slot, "submit with a return id that exists or repeats");
+        }
+        let name = spec.opts.name.clone().unwrap_or_else(|| spec.func.clone());
+        self.events.submitted(id);
+        // The references the spec mentions move from the submitter to the task (rule 4).
+        for c in spec.arg_ids() {
+            self.own(slot, c, -1);
+        }
+        self.objects.insert(id, Object::pending());
+        self.own(slot, id, 1);
+        self.add_extra_returns(slot, &spec);
+        let parent = slot
+            .and_then(|s| self.workers.get(&s))
+            .and_then(|w| w.stack.last())
+            .map(|f| f.task);
+        if let Some(err) = self.never_fits(&name, &spec.opts) {
+            self.tasks.insert(
+                id,
+                Task {
+                    spec,
+                    name,
+                    missing: 0,
+                    attempts: 0,
+                    worker: None,
+                    queued: false,
+                    parent,
+                },
+            );
+            return self.finish_task(id, Err(err));
+        }
+        let mut missing = 0;
+        for a in &spec.args {
+            if let Arg::Ref(r) = a {
+                match self.objects.get_mut(r) {
+                    Some(o) if matches!(o.state, ObjState::Pending) => {
+                        o.waiters.push(Waiting::Task(id));
+                        missing += 1;
+                    }
+                    Some(_) => {}
+                    None => {
+                        let err = Error::Protocol(format!(
+                            "argument object {r:x} no longer exists (its last ref was dropped)"
+                        ));
+                        self.tasks.insert(
+                            id,
+                            Task {
+                                spec,
+                                name,
+                                missing: 0,
+                                attempts: 0,
+                                worker: None,
+                                queued: false,
+                                parent,
+                            },
+                        );
+                        return self.finish_task(id, Err(err));
+                    }
+                }
+            }
+        }
+        let actor = spec.actor;
+        if let Some(bound) = spec.opts.streaming {
+            self.streams.insert(
+                id,
+                Stream {
+                    items: Vec::new(),
+                    taken: 0,
+                    bound,
+                    waiting: Vec::new(),
+                },
+            );
+        }
+        self.tasks.insert(
+            id,
+            Task {
+                spec,
+                name,
+                missing,
+                attempts: 0,
+                worker: None,
+                queued: false,
+                parent,
+            },
+        );
+        if let Some(call) = actor {
+            return self.actor_submitted(slot, id, call);
+        }
+        if missing == 0 {
+            self.queue.push_back(id);
+        }
+    }
+
+    /// Gives the task's argument references back (rule 3).
+    pub(super) fn release_task_args(&mut self, id: Id) {
+        let Some(t) = self.tasks.get(&id) else { return };
+        let ids: Vec<Id> = t.spec.arg_ids().collect();
+        for r in ids {
+            self.add_ref(r, -1);
+        }
+    }
+
+    /// Stores a task's final result and wakes whoever waits for it. An error fails all its
+    /// return objects (rule 6); values of extra returns are set by `finish_task_all` first.
+    pub(super) fn finish_task(&mut self, id: Id, result: Result<(Payload, Vec<Id>), Error>) {
+        let outcome = timeline::Outcome::of(&result);
+        self.finish_task_as(id, result, outcome);
+    }
+
+    /// `finish_task`, counted in the summary as `outcome` (a task whose argument failed is
+    /// `Failed`, whatever error it passes on).
+    pub(super) fn finish_task_as(
+        &mut self,
+        id: Id,
+        result: Result<(Payload, Vec<Id>), Error>,
+        outcome: timeline::Outcome,
+    ) {
+        self.release_task_args(id);
+        let Some(task) = self.tasks.remove(&id) else {
+            return;
+        };
+        self.events
+            .finished(id, &task.spec.func, &task.name, Some(outcome));
+        // A call that ends unrun (cancelled, a failed argument) may unblock the calls behind it.
+        if let Some(ActorCall::Method { actor }) = task.spec.actor {
+            self.mark_actor(actor);
+        }
+        for x in task.spec.extra {
+            self.extra_of.remove(&x);
+            if let Err(e) = &result {
+                self.resolve_return(x, Err(e.clone()));
+            }
+        }
+        // An actor whose constructor failed (also unrun: a failed argument, a cancel) is gone,
+        // so that later calls fail instead of waiting for it (rule 8).
+        let ctor_failed = match &result {
+            Err(e) if self.actors.get(&id).is_some_and(|a| a.dead.is_none()) => Some(e.clone()),
+            _ => None,
+        };
+        self.resolve_return(id, result);
+        if let Some(e) = ctor_failed {
+            self.actor_gone(id, format!("its constructor failed: {e}"));
+        }
+    }
+
+    /// Stores the value (or error) of one return object and wakes whoever waits for it.
+    pub(super) fn resolve_return(&mut self, id: Id, result: Result<(Payload, Vec<Id>), Error>) {
+        let Some(o) = self.objects.get_mut(&id) else {
+            // Nobody holds the result: drop what it mentions.
+            if let Ok((_, contained)) = result {
+                for c in contained {
+                    self.add_ref(c, -1);
+                }
+            }
+            return;
+        };
+        match result {
+            Ok((payload, contained)) => {
+                o.state = ObjState::Ready(payload);
+                o.contained = contained;
+            }
+            Err(e) => {
+                o.state = ObjState::Failed(e);
+                if o.stored {
+                    let sealed = o.sealed;
+                    o.stored = false;
+                    self.release_memory(id, sealed);
+                }
+            }
+        }
+        self.notify(id);
+        // Nobody held it while its task ran (rule 6): free it now.
+        if self.objects.get(&id).is_some_and(|o| o.refs <= 0) {
+            self.free(id);
+        }
+    }
+
+    pub(super) fn on_done(&mut self, slot: u32, task: Id, outcome: Outcome) {
+        let on_top = self
+            .workers
+            .get(&slot)
+            .and_then(|w| w.stack.last())
+            .is_some_and(|f| f.task == task && f.blocked.is_none());
+        if !on_top {
+            return self.kill_worker(slot, "done for a task it was not running");
+        }
+        // Validate before touching any state, so a kill leaves the task on the worker's stack
+        // for the death handler (rule 5).
+        let result = match outcome {
+            Outcome::Ok { payload, contained } => Ok(vec![(payload, contained)]),
+            Outcome::Many(values) => Ok(values
+                .into_iter()
+                .map(|v| (v.payload, v.contained))
+                .collect()),
+            Outcome::Err(e) => Err(e),
+        };
+        let result = match result {
+            Ok(values) => match self.checked_returns(task, values) {
+                Ok(values) => Ok(values),
+                Err(why) => return self.kill_worker(slot, why),
+            },
+            Err(e) => Err(e),
+        };
+        if let Ok(values) = &result {
+            for (_, contained) in values {
+                for &c in contained {
+                    self.own(Some(slot), c, -1);
+                }
+            }
+        }
+        let w = self.workers.get_mut(&slot).expect("checked above");
+        let frame = w.stack.pop().expect("checked above");
+        if w.stack.is_empty() {
+            // Every task queued before this one was sent is settled on the worker (rule 11).
+            w.settled = w.settled.max(frame.mark);
+        }
+        self.cpus_used -= frame.cpus;
+        if self.cpus_used < EPS {
+            self.cpus_used = 0.0;
+        }
+        let result = self.cancelled_result(task, result);
+        self.release_other(&frame.other);
+        self.count_call(slot, task);
+        if self.workers.get(&slot).and_then(|w| w.actor) == Some(task) {
+            self.actor_constructed(task, result.as_ref().map(|_| ()));
+        }
+        if let Some(t) = self.tasks.get_mut(&task) {
+            t.worker = None;
+            self.events
+                .ended(task, &t.name, timeline::Outcome::of(&result));
+            let retry = matches!(&result, Err(e) if crate::task::retries_error(&t.spec.opts, e))
+                && t.attempts <= t.spec.opts.max_retries
+                && t.spec.opts.streaming.is_none();
+            if retry {
+                self.queue.push_front(task);
+            } else {
+                self.finish_task_all(task, result);
+            }
+        }
+        self.after_pop(slot);
+    }
+
+    /// The task that returns object `id` (`id` itself unless it is an extra return).
+    pub(super) fn task_of_return(&self, id: Id) -> Id {
+        self.extra_of.get(&id).copied().unwrap_or(id)
+    }
+
+    /// True while any return object of `task` is referenced.
+    pub(super) fn any_return_alive(&self, task: Id) -> bool {
+        let alive = |id: &Id| self.objects.get(id).is_some_and(|o| o.refs > 0);
+        alive(&task)
+            || self
+                .tasks
+                .get(&task)
+                .is_some_and(|t| t.spec.extra.iter().any(alive))
+    }
+
+    /// True if `id` is a pending return object of a task that is running (rule 6).
+    pub(super) fn is_running_return(&self, id: Id) -> bool {
+        self.objects
+            .get(&id)
+            .is_some_and(|o| matches!(o.state, ObjState::Pending))
+            && self
+                .tasks
+                .get(&self.task_of_return(id))
+                .is_some_and(|t| t.worker.is_some())
+    }
+
+    /// Removes a task that will not run from the task table.
+    pub(super) fn forget_task(&mut self, task: Id) {
+        if let Some(t) = self.tasks.remove(&task) {
+            self.events.finished(task, &t.spec.func, &t.name, None);
+            for x in t.spec.extra {
+                self.extra_of.remove(&x);
+            }
+        }
+    }
+
+    /// True if the spec's extra return ids are new and distinct (rule 3 in protocol.rs).
+    pub(super) fn extra_ids_fresh(&self, spec: &TaskSpec) -> bool {
+        let mut seen = std::collections::HashSet::new();
+        seen.insert(spec.ret);
+        spec.extra.iter().all(|&x| {
+            seen.insert(x) && !self.objects.contains_key(&x) && !self.tasks.contains_key(&x)
+        })
+    }
+
+    /// Creates the pending extra return objects of a task, each owned by the submitter's
+    /// handle (rule 5 in protocol.rs).
+    pub(super) fn add_extra_returns(&mut self, slot: Option<u32>, spec: &TaskSpec) {
+        for &x in &spec.extra {
+            self.objects.insert(x, Object::pending());
+            self.own(slot, x, 1);
+            self.extra_of.insert(x, spec.ret);
+        }
+    }
+
+    /// The return values of a `Done`, checked against the task (rules 5 and 6): one per return
+    /// id, and each stored one sealed under its own id. Stored payloads are replaced by the
+    /// store's own descriptor. The error says why the worker must be killed.
+    #[allow(clippy::type_complexity)]
+    pub(super) fn checked_returns(
+        &self,
+        task: Id,
+        values: Vec<(Payload, Vec<Id>)>,
+    ) -> Result<Vec<(Payload, Vec<Id>)>, &'static str> {
+        let extra = self.tasks.get(&task).map_or(&[][..], |t| &t.spec.extra[..]);
+        if values.len() != extra.len() + 1 {
+            return Err("done with the wrong number of return values");
+        }
+        let ids = std::iter::once(task).chain(extra.iter().copied());
+        ids.zip(values)
+            .map(|(id, (payload, contained))| match payload {
+                Payload::Stored { .. } => {
+                    let sealed = self.objects.get(&id).is_some_and(|o| o.stored && o.sealed);
+                    match self.store.descriptor(ObjectId::from_u128(id)) {
+                        Some(d) if sealed => Ok((
+                            Payload::Stored {
+                                offset: d.offset,
+                                len: d.len,
+                            },
+                            contained,
+                        )),
+                        _ => Err("stored result not sealed"),
+                    }
+                }
+                inline => Ok((inline, contained)),
+            })
+            .collect()
+    }
+
+    /// Finishes a task with all its return values, checked by `checked_returns` (rule 6).
+    pub(super) fn finish_task_all(
+        &mut self,
+        task: Id,
+        result: Result<Vec<(Payload, Vec<Id>)>, Error>,
+    ) {
+        let mut values = match result {
+            Ok(v) => v,
+            Err(e) => return self.finish_task(task, Err(e)),
+        };
+        let rest = values.split_off(values.len().min(1));
+        let extra = self
+            .tasks
+            .get(&task)
+            .map(|t| t.spec.extra.clone())
+            .unwrap_or_default();
+        for (x, v) in extra.into_iter().zip(rest) {
+            self.resolve_return(x, Ok(v));
+        }
+        match values.pop() {
+            Some(first) => self.finish_task(task, Ok(first)),
+            None => {
+                let e = Error::Protocol("a task finished without a value".into());
+                self.finish_task(task, Err(e))
+            }
+        }
+    }
+
+    /// Frees what a failed attempt stored under the task's return ids, so that its retry can
+    /// write them again (rule 4).
+    pub(super) fn reset_returns(&mut self, task: Id) {
+        let mut ids = vec![task];
+        if let Some(t) = self.tasks.get(&task) {
+            ids.extend_from_slice(&t.spec.extra);
+        }
+        for id in ids {
+            let Some(o) = self.objects.get_mut(&id) else {
+                continue;
+            };
+            if !o.stored {
+                continue;
+            }
+            let sealed = o.sealed;
+            o.stored = false;
+            o.sealed = false;
+            o.creator = None;
+            self.release_memory(id, sealed);
+        }
+    }
+}
