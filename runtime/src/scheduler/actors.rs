@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::Error;
+use crate::idmap::IdMap;
 use crate::protocol::{ActorCall, Arg, Id, Payload, RunTask, ToWorker};
 
 use super::Scheduler;
@@ -31,13 +32,33 @@ pub(super) struct Actor {
     pub(super) dead: Option<String>,
     /// Its object was freed: no handle or call can name it any more.
     pub(super) freed: bool,
-    /// In `dirty_actors`: something changed that may let it start or queue a call.
+    /// In `ActorTable::dirty`: something changed that may let it start or queue a call.
     pub(super) dirty: bool,
 }
 
 /// How often `dispatch_actors` looks at every actor, beside the ones marked, while the loop
 /// turns: a safety net for a change that went unmarked.
-pub(super) const ACTOR_SWEEP: Duration = Duration::from_millis(10);
+const ACTOR_SWEEP: Duration = Duration::from_millis(10);
+
+/// The actors, and which of them `dispatch_actors` looks at next.
+pub(super) struct ActorTable {
+    pub(super) by_id: IdMap<Id, Actor>,
+    /// Actors that may be able to start or queue a call (`mark_actor`): a loop turn looks at
+    /// these, not at every actor.
+    pub(super) dirty: Vec<Id>,
+    /// When every actor was last looked at (`ACTOR_SWEEP`).
+    swept: Instant,
+}
+
+impl ActorTable {
+    pub(super) fn new() -> ActorTable {
+        ActorTable {
+            by_id: IdMap::default(),
+            dirty: Vec::new(),
+            swept: Instant::now(),
+        }
+    }
+}
 
 impl Scheduler {
     pub(super) fn actor_submitted(&mut self, slot: Option<u32>, id: Id, call: ActorCall) {
@@ -54,7 +75,7 @@ impl Scheduler {
                     .get(&id)
                     .map(|t| t.name.clone())
                     .unwrap_or_default();
-                self.actors.insert(
+                self.actors.by_id.insert(
                     id,
                     Actor {
                         name,
@@ -72,7 +93,7 @@ impl Scheduler {
                 );
                 match self.spawn_worker_for(Some(id)) {
                     Some(w) => {
-                        if let Some(a) = self.actors.get_mut(&id) {
+                        if let Some(a) = self.actors.by_id.get_mut(&id) {
                             a.slot = Some(w);
                         }
                     }
@@ -92,7 +113,7 @@ impl Scheduler {
                     );
                     return self.bad(slot, "malformed actor call");
                 }
-                match self.actors.get_mut(&actor) {
+                match self.actors.by_id.get_mut(&actor) {
                     Some(a) if a.dead.is_none() => a.calls.push_back(id),
                     Some(a) => {
                         let err = Error::ActorDied {
@@ -113,7 +134,7 @@ impl Scheduler {
     /// Keeps the constructor's resolved arguments (and references to what they name) for
     /// restarts, the first time it starts.
     pub(super) fn keep_ctor(&mut self, id: Id, args: &[Payload]) {
-        if self.actors.get(&id).is_none_or(|a| a.ctor.is_some()) {
+        if self.actors.by_id.get(&id).is_none_or(|a| a.ctor.is_some()) {
             return;
         }
         let Some(t) = self.tasks.get(&id) else { return };
@@ -122,7 +143,7 @@ impl Scheduler {
         for &r in &refs {
             self.add_ref(r, 1);
         }
-        if let Some(a) = self.actors.get_mut(&id) {
+        if let Some(a) = self.actors.by_id.get_mut(&id) {
             a.ctor = Some((func, args.to_vec()));
             a.ctor_refs = refs;
         }
@@ -131,7 +152,7 @@ impl Scheduler {
     pub(super) fn actor_constructed(&mut self, id: Id, result: Result<(), &Error>) {
         match result {
             Ok(_) => {
-                if let Some(a) = self.actors.get_mut(&id) {
+                if let Some(a) = self.actors.by_id.get_mut(&id) {
                     a.constructed = true;
                 }
             }
@@ -141,9 +162,9 @@ impl Scheduler {
 
     /// Notes that actor `id` may be able to start or queue a call (see `dispatch_actors`).
     pub(super) fn mark_actor(&mut self, id: Id) {
-        if let Some(a) = self.actors.get_mut(&id) {
+        if let Some(a) = self.actors.by_id.get_mut(&id) {
             if !std::mem::replace(&mut a.dirty, true) {
-                self.dirty_actors.push(id);
+                self.actors.dirty.push(id);
             }
         }
     }
@@ -152,32 +173,32 @@ impl Scheduler {
     /// last turn (and, every `ACTOR_SWEEP` while the loop turns, of every actor): a turn costs
     /// the actors something happened to. The loop does not sleep while marks wait.
     pub(super) fn dispatch_actors(&mut self) {
-        if self.actors.is_empty() {
-            self.dirty_actors.clear();
+        if self.actors.by_id.is_empty() {
+            self.actors.dirty.clear();
             return;
         }
-        let mut ids = std::mem::take(&mut self.dirty_actors);
-        if self.actors_swept.elapsed() >= ACTOR_SWEEP {
-            self.actors_swept = Instant::now();
-            ids = self.actors.keys().copied().collect();
+        let mut ids = std::mem::take(&mut self.actors.dirty);
+        if self.actors.swept.elapsed() >= ACTOR_SWEEP {
+            self.actors.swept = Instant::now();
+            ids = self.actors.by_id.keys().copied().collect();
         }
         for &id in &ids {
-            if let Some(a) = self.actors.get_mut(&id) {
+            if let Some(a) = self.actors.by_id.get_mut(&id) {
                 a.dirty = false;
             }
         }
         for id in ids {
-            if self.actors.get(&id).is_none_or(|a| a.dead.is_some()) {
+            if self.actors.by_id.get(&id).is_none_or(|a| a.dead.is_some()) {
                 continue;
             }
-            let Some(slot) = self.actors.get(&id).and_then(|a| a.slot) else {
+            let Some(slot) = self.actors.by_id.get(&id).and_then(|a| a.slot) else {
                 continue;
             };
-            let Some(w) = self.workers.get(&slot) else {
+            let Some(w) = self.pool.workers.get(&slot) else {
                 continue;
             };
-            let idle = w.ready && w.stream.is_some() && w.stack.is_empty();
-            let a = &self.actors[&id];
+            let idle = w.is_up() && w.stack.is_empty();
+            let a = &self.actors.by_id[&id];
             // Rule 11: the next calls may wait on the worker behind the running one.
             let queue = a.constructed && w.can_queue(0.0, self.cfg.pipeline_depth);
             if !(idle || queue) {
@@ -192,7 +213,7 @@ impl Scheduler {
                 } else if let Some((func, args)) = a.ctor.clone() {
                     // A restart: the constructor again, on the new worker.
                     let name = a.name.clone();
-                    if let Some(w) = self.workers.get_mut(&slot) {
+                    if let Some(w) = self.pool.workers.get_mut(&slot) {
                         w.stack
                             .push(Frame::new(id, 0.0, Held::default(), w.last_seq));
                     }
@@ -208,13 +229,13 @@ impl Scheduler {
                 }
                 continue;
             }
-            while let Some(&call) = self.actors.get(&id).and_then(|a| a.calls.front()) {
+            while let Some(&call) = self.actors.by_id.get(&id).and_then(|a| a.calls.front()) {
                 match self.tasks.get(&call).map(|t| t.missing) {
                     // Finished already (an argument failed): drop it.
                     None => {}
                     Some(0) => {
-                        self.actors.get_mut(&id).map(|a| a.calls.pop_front());
-                        let Some(w) = self.workers.get(&slot) else {
+                        self.actors.by_id.get_mut(&id).map(|a| a.calls.pop_front());
+                        let Some(w) = self.pool.workers.get(&slot) else {
                             break;
                         };
                         if w.stack.is_empty() {
@@ -223,9 +244,8 @@ impl Scheduler {
                         } else {
                             self.queue_on(slot, call, 0.0);
                         }
-                        if self.workers.get(&slot).is_some_and(|w| {
-                            w.stack.is_empty()
-                                || (w.stream.is_some() && w.can_queue(0.0, self.cfg.pipeline_depth))
+                        if self.pool.workers.get(&slot).is_some_and(|w| {
+                            w.stack.is_empty() || w.can_queue(0.0, self.cfg.pipeline_depth)
                         }) {
                             continue;
                         }
@@ -234,14 +254,14 @@ impl Scheduler {
                     // Submission order: later calls wait for this one's arguments.
                     Some(_) => break,
                 }
-                self.actors.get_mut(&id).map(|a| a.calls.pop_front());
+                self.actors.by_id.get_mut(&id).map(|a| a.calls.pop_front());
             }
         }
     }
 
     /// The actor's worker died: fail the call it ran, then restart or give up.
     pub(super) fn actor_worker_died(&mut self, id: Id, stack: &[Frame], cause: &str) {
-        let Some(a) = self.actors.get_mut(&id) else {
+        let Some(a) = self.actors.by_id.get_mut(&id) else {
             return;
         };
         a.slot = None;
@@ -271,7 +291,7 @@ impl Scheduler {
             };
             self.finish_task(f.task, Err(err));
         }
-        if let Some(a) = self.actors.get_mut(&id) {
+        if let Some(a) = self.actors.by_id.get_mut(&id) {
             for t in again.into_iter().rev() {
                 a.calls.push_front(t);
             }
@@ -279,18 +299,18 @@ impl Scheduler {
         if let Some(t) = self.tasks.get_mut(&id) {
             t.worker = None;
         }
-        let Some(a) = self.actors.get_mut(&id) else {
+        let Some(a) = self.actors.by_id.get_mut(&id) else {
             return;
         };
         if a.freed {
-            self.actors.remove(&id);
+            self.actors.by_id.remove(&id);
             return;
         }
         if a.dead.is_none() && a.restarts_left > 0 {
             a.restarts_left -= 1;
             match self.spawn_worker_for(Some(id)) {
                 Some(w) => {
-                    if let Some(a) = self.actors.get_mut(&id) {
+                    if let Some(a) = self.actors.by_id.get_mut(&id) {
                         a.slot = Some(w);
                     }
                 }
@@ -304,7 +324,7 @@ impl Scheduler {
 
     /// Ends an actor at once: SIGKILL its worker; no restart.
     pub(super) fn kill_actor(&mut self, id: Id, reason: &str) {
-        let slot = self.actors.get(&id).and_then(|a| a.slot);
+        let slot = self.actors.by_id.get(&id).and_then(|a| a.slot);
         self.actor_gone(id, reason.into());
         if let Some(slot) = slot {
             self.on_hangup(slot);
@@ -313,7 +333,7 @@ impl Scheduler {
 
     /// No handle or call names the actor any more: its worker exits.
     pub(super) fn actor_freed(&mut self, id: Id) {
-        if let Some(a) = self.actors.get_mut(&id) {
+        if let Some(a) = self.actors.by_id.get_mut(&id) {
             a.freed = true;
         }
         self.actor_gone(id, "no handle to it is left".into());
@@ -323,10 +343,10 @@ impl Scheduler {
     /// worker is told to exit, the constructor's kept arguments are released.
     pub(super) fn actor_gone(&mut self, id: Id, reason: String) {
         // Calls queued on its worker and not claimed fail with the others (rule 11).
-        if let Some(slot) = self.actors.get(&id).and_then(|a| a.slot) {
+        if let Some(slot) = self.actors.by_id.get(&id).and_then(|a| a.slot) {
             self.take_back_all(slot);
         }
-        let Some(a) = self.actors.get_mut(&id) else {
+        let Some(a) = self.actors.by_id.get_mut(&id) else {
             return;
         };
         let reason = a.dead.get_or_insert(reason).clone();
@@ -351,7 +371,7 @@ impl Scheduler {
         match slot {
             Some(slot) => self.send_to(slot, &ToWorker::Exit),
             None if freed => {
-                self.actors.remove(&id);
+                self.actors.by_id.remove(&id);
             }
             None => {}
         }

@@ -5,36 +5,22 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use crate::protocol::{Id, Payload};
-use crate::shared_flags::SharedFlags;
 use crate::{CancelOutcome, Error};
 
 use super::Scheduler;
+use super::requests::Deadline;
 
-/// What the scheduler keeps for cancellation (rule 9).
+/// What the scheduler keeps for cancellation (rule 9). The flags a task polls live in
+/// `Scheduler::flags`.
+#[derive(Default)]
 pub(super) struct Cancels {
-    /// The shared flags that `rayfork::is_cancelled()` reads.
-    pub(super) flags: SharedFlags,
     /// Tasks cancelled while running: they resolve to `TaskCancelled` when they stop.
     pub(super) running: HashSet<Id>,
-    /// Kill timers: deadline key (from `next_request`, in `deadlines`) -> (worker, task).
-    pub(super) timers: HashMap<u64, (u32, Id)>,
     /// Queued tasks cancelled after their worker claimed them: (force, grace), applied when
     /// they start (rule 11).
     pub(super) on_start: HashMap<Id, (bool, Duration)>,
     /// Workers killed to stop a cancelled task, until their death is handled.
     pub(super) killed: HashSet<u32>,
-}
-
-impl Cancels {
-    pub(super) fn new(flags: SharedFlags) -> Self {
-        Cancels {
-            flags,
-            running: HashSet::new(),
-            timers: HashMap::new(),
-            on_start: HashMap::new(),
-            killed: HashSet::new(),
-        }
-    }
 }
 
 impl Scheduler {
@@ -101,31 +87,31 @@ impl Scheduler {
         self.cancel.running.insert(id);
         // The cooperative request: raise the flag of the task's own frame.
         if let Some(depth) = self
+            .pool
             .workers
             .get(&slot)
             .and_then(|w| w.stack.iter().position(|f| f.task == id))
         {
-            self.cancel.flags.raise(slot, depth, id);
+            self.flags.raise(slot, depth, id);
         }
         // An actor call is only asked to stop: killing the process would end the actor.
-        if self.workers.get(&slot).is_some_and(|w| w.actor.is_some()) {
+        if self
+            .pool
+            .workers
+            .get(&slot)
+            .is_some_and(|w| w.actor.is_some())
+        {
             return;
         }
         if force || grace.is_zero() {
             return self.kill_for_cancel(slot);
         }
-        let key = self.next_request;
-        self.next_request += 1;
-        self.cancel.timers.insert(key, (slot, id));
-        self.deadlines
-            .push(std::cmp::Reverse((Instant::now() + grace, key)));
+        let kill = Deadline::CancelKill { slot, task: id };
+        self.deadlines.push(Instant::now() + grace, kill);
     }
 
     /// A grace period ended: kill the worker if the cancelled task still runs on it.
-    pub(super) fn on_cancel_timer(&mut self, key: u64) {
-        let Some((slot, task)) = self.cancel.timers.remove(&key) else {
-            return;
-        };
+    pub(super) fn on_cancel_timer(&mut self, slot: u32, task: Id) {
         let still_running = self.cancel.running.contains(&task)
             && self
                 .tasks
@@ -137,7 +123,7 @@ impl Scheduler {
     }
 
     pub(super) fn kill_for_cancel(&mut self, slot: u32) {
-        if !self.workers.contains_key(&slot) || !self.cancel.killed.insert(slot) {
+        if !self.pool.workers.contains_key(&slot) || !self.cancel.killed.insert(slot) {
             return;
         }
         // No more work goes to it; the fork server kills it and reports its exit (rule 4).

@@ -6,12 +6,11 @@ use crate::{Error, timeline};
 use super::Scheduler;
 use super::objects::ObjState;
 use super::pool::Frame;
-use super::resources::Held;
 
 impl Scheduler {
     /// Starts queued tasks on idle workers (rules 1, 2).
     pub(super) fn dispatch_ready(&mut self) {
-        if !self.fork_alive && !self.queue.is_empty() {
+        if !self.fork.is_alive() && !self.queue.is_empty() {
             // Nothing can run any more (the fork server's death failed what was queued then).
             for t in std::mem::take(&mut self.queue) {
                 self.finish_task(t, Err(Error::Runtime("the fork server died".into())));
@@ -20,7 +19,7 @@ impl Scheduler {
         self.dispatch_actors();
         // Rule 1: resumptions first.
         while let Some(&slot) = self.resume.front() {
-            let Some(f) = self.workers.get(&slot).and_then(|w| w.stack.last()) else {
+            let Some(f) = self.pool.workers.get(&slot).and_then(|w| w.stack.last()) else {
                 self.resume.pop_front();
                 continue;
             };
@@ -29,20 +28,21 @@ impl Scheduler {
                 continue;
             }
             let cpus = f.cpus;
-            if !self.fits(cpus) {
+            if !self.res.fits(cpus) {
                 return;
             }
             self.resume.pop_front();
             let f = self
+                .pool
                 .workers
                 .get_mut(&slot)
                 .and_then(|w| w.stack.last_mut())
                 .expect("checked above");
             let msg = f.pending.take().expect("checked above");
             f.blocked = None;
-            self.cpus_used += cpus;
+            self.res.take_cpus(cpus);
             self.send_to(slot, &msg);
-            if let Some(a) = self.workers.get(&slot).and_then(|w| w.actor) {
+            if let Some(a) = self.pool.workers.get(&slot).and_then(|w| w.actor) {
                 self.mark_actor(a);
             }
         }
@@ -50,24 +50,25 @@ impl Scheduler {
             let task = self.queue[pos];
             let cpus = self.task_cpus(task);
             // Rule 2: an idle worker, else a new one, else a blocked one.
-            let slot = match self.idle_worker() {
+            let slot = match self.pool.idle() {
                 Some(s) => s,
                 None => {
                     // Fork as many workers as the queued tasks could use now (free CPUs,
                     // `max_workers`), all at once; the tasks wait for them.
-                    let free_cpus = (self.cfg.num_cpus as f64 - self.cpus_used).max(1.0).ceil();
+                    let free_cpus = self.res.free_cpus_at_least_one();
                     let want = self
                         .queue
                         .len()
-                        .min(free_cpus as usize)
-                        .min(self.cfg.max_workers.saturating_sub(self.pool_len()));
-                    if self.spawning > 0 || want > 0 {
-                        for _ in self.spawning..want {
+                        .min(free_cpus)
+                        .min(self.cfg.max_workers.saturating_sub(self.pool.size()));
+                    let starting = self.pool.starting();
+                    if starting > 0 || want > 0 {
+                        for _ in starting..want {
                             self.spawn_worker();
                         }
                         return;
                     }
-                    match self.blocked_worker() {
+                    match self.pool.blocked() {
                         Some(s) => {
                             self.stats.nested_inline += 1;
                             s
@@ -90,10 +91,10 @@ impl Scheduler {
                 self.queue.remove(i);
                 continue;
             };
-            if !self.fits(t.spec.opts.num_cpus) {
+            if !self.res.fits(t.spec.opts.num_cpus) {
                 return None;
             }
-            if self.fits_other(&t.spec.opts) {
+            if self.res.fits_other(&t.spec.opts) {
                 return Some(i);
             }
             i += 1;
@@ -152,26 +153,21 @@ impl Scheduler {
         t.attempts += 1;
         t.worker = Some(slot);
         t.queued = false;
-        // Pool tasks start only when their GPUs fit (`fits_other`); an actor takes what is free.
-        let other = Held {
-            gpus: self.gpus.pick(t.spec.opts.num_gpus).unwrap_or_default(),
-            custom: t.spec.opts.resources.clone(),
-        };
+        let other = self.res.acquire(&t.spec.opts);
         run.gpus = other.gpus.iter().map(|&(d, _)| d).collect();
-        self.acquire_other(&other);
-        if let Some(w) = self.workers.get_mut(&slot) {
+        if let Some(w) = self.pool.workers.get_mut(&slot) {
             w.stack.push(Frame::new(id, cpus, other, w.last_seq));
             self.events.started(id, w.pid, w.stack.len() - 1);
         }
-        self.cpus_used += cpus;
+        self.res.take_cpus(cpus);
         self.send_to(slot, &ToWorker::Run(run));
     }
 
     /// True if `dispatch_ready` can place a task that fits: on an idle pool worker, on one it
     /// may fork (rule 2), or nested on a blocked one.
     pub(super) fn can_place(&self) -> bool {
-        self.idle_worker().is_some()
-            || self.pool_len() < self.cfg.max_workers
-            || self.blocked_worker().is_some()
+        self.pool.idle().is_some()
+            || self.pool.size() < self.cfg.max_workers
+            || self.pool.blocked().is_some()
     }
 }

@@ -1,26 +1,92 @@
 //! The link to the fork server: fork and kill requests, and what it reports (a worker forked,
 //! a fork failed, a worker exited, its last stderr lines). Must not touch objects.
 
-use std::os::fd::OwnedFd;
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::path::Path;
+use std::process::Child;
+use std::time::{Duration, Instant};
 
-use nix::sys::epoll::{EpollEvent, EpollFlags};
-
-use crate::protocol::{ExitCause, ForkReply, Id};
-use crate::{Error, ipc};
+use crate::protocol::{ExitCause, ForkReply, ForkRequest, Id};
+use crate::{Error, fork_server, ipc};
 
 use super::Scheduler;
+use super::pool::Link;
 
 /// How long the scheduler does not spin after asking the fork server for a fork or a kill: the
 /// fork server needs a CPU to do it (and to reap and report), and on 2 CPUs a spinning
 /// scheduler and driver held it back by milliseconds (force cancel 2.2 ms median against
 /// 0.66 ms without spinning, microbenchmark faults section).
-pub(super) const FORK_QUIET: Duration = Duration::from_millis(5);
+const FORK_QUIET: Duration = Duration::from_millis(5);
+
+/// The scheduler's end of the fork server's control socket, and the fork server's process.
+pub(super) struct ForkLink {
+    fd: OwnedFd,
+    child: Child,
+    /// The socket is open (it is not polled after it closed).
+    alive: bool,
+    /// No spinning before this: the fork server was just asked to fork or kill (`FORK_QUIET`).
+    quiet_until: Instant,
+    /// The last stderr lines of workers that just exited, by pid, until their death is handled.
+    stderr_tails: HashMap<i32, Vec<String>>,
+}
+
+impl ForkLink {
+    /// Starts the fork server (rule 3 in fork_server.rs), handing it the arena's and the shared
+    /// flags' memfds.
+    pub(super) fn start(program: &Path, arena: RawFd, flags: RawFd) -> crate::Result<ForkLink> {
+        let (child, fd) = fork_server::spawn(program, arena, flags)?;
+        Ok(ForkLink {
+            fd,
+            child,
+            alive: true,
+            quiet_until: Instant::now(),
+            stderr_tails: HashMap::new(),
+        })
+    }
+
+    /// The control socket, for the epoll set.
+    pub(super) fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+
+    /// False once the fork server is gone: no worker can be forked any more.
+    pub(super) fn is_alive(&self) -> bool {
+        self.alive
+    }
+
+    /// True while the fork server was just asked to fork or kill and needs the CPU.
+    pub(super) fn is_busy(&self) -> bool {
+        Instant::now() < self.quiet_until
+    }
+
+    /// Asks for a worker in `slot`; false if the request could not be sent.
+    pub(super) fn spawn(&mut self, slot: u32) -> bool {
+        let sent = ipc::send_packet(&self.fd, &ForkRequest::Spawn { worker: slot }, &[]).is_ok();
+        if sent {
+            self.quiet_until = Instant::now() + FORK_QUIET;
+        }
+        sent
+    }
+
+    /// Asks for `pid` to be killed; its exit is reported as any other.
+    pub(super) fn kill(&mut self, pid: i32) {
+        let _ = ipc::send_packet(&self.fd, &ForkRequest::Kill { pid }, &[]);
+        self.quiet_until = Instant::now() + FORK_QUIET;
+    }
+
+    /// Closes the control socket, which makes the fork server kill and reap every worker
+    /// (rule 3 in fork_server.rs), and reaps the fork server.
+    pub(super) fn shutdown(&mut self) {
+        let _ = nix::sys::socket::shutdown(self.fd.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+        let _ = self.child.wait();
+    }
+}
 
 impl Scheduler {
     pub(super) fn read_fork_server(&mut self) {
-        match ipc::recv_packet::<ForkReply>(&self.fork) {
+        match ipc::recv_packet::<ForkReply>(&self.fork.fd) {
             Ok(Some((msg, fds))) => self.on_fork(msg, fds),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             _ => self.on_fork_server_gone(),
@@ -32,53 +98,52 @@ impl Scheduler {
             ForkReply::Spawned { worker, pid } => {
                 let Some(fd) = fds.pop() else { return };
                 let stream = UnixStream::from(fd);
-                let Some(w) = self.workers.get_mut(&worker) else {
+                let Some(w) = self.pool.workers.get_mut(&worker) else {
                     return;
                 };
                 w.pid = pid;
-                self.pids.insert(pid, worker);
-                let interest = EpollEvent::new(EpollFlags::EPOLLIN, u64::from(worker));
-                if stream.set_nonblocking(true).is_ok() && self.epoll.add(&stream, interest).is_ok()
-                {
-                    w.stream = Some(stream);
+                self.pool.pids.insert(pid, worker);
+                // Killed before it existed (`Closed`), or unreachable: ended below, now that
+                // it has a pid (its exit is reported as usual).
+                let reachable = matches!(w.link, Link::Forking)
+                    && stream.set_nonblocking(true).is_ok()
+                    && self.io.watch(&stream, worker);
+                w.link = if reachable {
+                    Link::Open(stream)
                 } else {
-                    // Unreachable for the scheduler: end it now (its exit is reported as usual).
-                    w.hung_up = true;
-                }
+                    Link::Closed
+                };
                 if let Some(a) = w.actor {
                     self.mark_actor(a);
                 }
-                let Some(w) = self.workers.get(&worker) else {
+                let Some(w) = self.pool.workers.get(&worker) else {
                     return;
                 };
                 // Killed, or its actor gone, before it existed: end it now that it does.
-                let unwanted = w.hung_up
-                    || w.actor
-                        .is_some_and(|a| self.actors.get(&a).is_none_or(|a| a.dead.is_some()));
+                let unwanted = !w.is_open()
+                    || w.actor.is_some_and(|a| {
+                        self.actors.by_id.get(&a).is_none_or(|a| a.dead.is_some())
+                    });
                 if unwanted {
                     self.on_hangup(worker);
                 }
             }
             ForkReply::SpawnFailed { worker, message } => {
                 eprintln!("rayfork: forking worker {worker} failed: {message}");
-                let gone = self.workers.remove(&worker);
-                self.pool.remove(&worker);
+                let gone = self.pool.remove(worker);
                 if let Some(lane) = gone.as_ref().and_then(|w| w.lane) {
-                    self.free_lanes.push(lane);
+                    self.lanes.give_back(lane);
                 }
-                match gone.and_then(|w| w.actor) {
-                    Some(a) => {
-                        if let Some(actor) = self.actors.get_mut(&a) {
-                            actor.slot = None;
-                        }
-                        self.actor_gone(a, format!("its process could not start: {message}"))
+                if let Some(a) = gone.and_then(|w| w.actor) {
+                    if let Some(actor) = self.actors.by_id.get_mut(&a) {
+                        actor.slot = None;
                     }
-                    None => self.spawning = self.spawning.saturating_sub(1),
+                    self.actor_gone(a, format!("its process could not start: {message}"));
                 }
             }
             ForkReply::StderrTail { pid, lines } => self.on_stderr_tail(pid, lines),
             ForkReply::Exited { pid, cause } => {
-                if let Some(slot) = self.pids.remove(&pid) {
+                if let Some(slot) = self.pool.pids.remove(&pid) {
                     // What it sent before it died counts: a `Done` still unread would charge
                     // its crash to the task that finished (and spare the one that crashed).
                     while self.read_worker(slot) {}
@@ -89,10 +154,10 @@ impl Scheduler {
     }
 
     pub(super) fn on_fork_server_gone(&mut self) {
-        self.fork_alive = false;
+        self.fork.alive = false;
         // A closed socket is always readable: out of the set.
-        let _ = self.epoll.delete(&self.fork);
-        let slots: Vec<u32> = self.workers.keys().copied().collect();
+        self.io.forget(&self.fork.fd);
+        let slots: Vec<u32> = self.pool.workers.keys().copied().collect();
         for slot in slots {
             self.on_worker_death(slot, ExitCause::Signal(libc::SIGKILL));
         }
@@ -104,15 +169,15 @@ impl Scheduler {
     }
 
     pub(super) fn on_stderr_tail(&mut self, pid: i32, lines: Vec<String>) {
-        if self.pids.contains_key(&pid) {
-            self.stderr_tails.insert(pid, lines);
+        if self.pool.pids.contains_key(&pid) {
+            self.fork.stderr_tails.insert(pid, lines);
         }
     }
 
     /// A crash's cause: how the worker ended, and the last lines it wrote to stderr.
     pub(super) fn crash_cause(&mut self, pid: i32, cause: ExitCause) -> String {
         let mut text = cause.to_string();
-        if let Some(lines) = self.stderr_tails.remove(&pid) {
+        if let Some(lines) = self.fork.stderr_tails.remove(&pid) {
             text.push_str("; its last stderr lines:");
             for l in lines {
                 text.push_str("\n  | ");

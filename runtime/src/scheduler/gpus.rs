@@ -1,6 +1,6 @@
 //! GPU devices: which device ids a task gets, and how much of each is taken.
 //!
-//! Owns the per-device bookkeeping of rule 1 in scheduler.rs and nothing else: no I/O, no
+//! Owns the per-device bookkeeping of scheduler rule 1 (README.md) and nothing else: no I/O, no
 //! knowledge of tasks. The scheduler asks `pick` when a task could start, `take`s the shares it
 //! starts with and `give_back`s them when the frame leaves its worker's stack.
 //!
@@ -10,12 +10,11 @@
 //! whole requests); a request of one GPU or more takes `ceil(n)` whole free devices, as Ray
 //! does (more than one GPU is given in whole devices).
 
-/// Slack for float sums of shares.
-const EPS: f64 = 1e-9;
+use super::resources::EPS;
 
 /// The GPU devices of a runtime.
 #[derive(Debug, Clone)]
-pub(crate) struct Gpus {
+pub(super) struct Gpus {
     /// Capacity of each device (1, or less for the last one).
     cap: Vec<f64>,
     /// Free share of each device.

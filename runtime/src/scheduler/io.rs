@@ -1,39 +1,95 @@
 //! The scheduler's I/O: the epoll set over every socket it reads, reading whole messages
 //! from workers and flushing what waits for them. Decides nothing about tasks.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use nix::poll::{PollFd, PollFlags, ppoll};
-use nix::sys::epoll::{EpollEvent, EpollFlags};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::socket::MsgFlags;
 use nix::sys::time::TimeSpec;
 
+use crate::Error;
 use crate::protocol::{FromWorker, ToWorker};
 
 use super::Scheduler;
 use super::messages::{Client, ClientKey};
+use super::pool::Link;
 
 /// The epoll tokens of the fork server's socket and the doorbell; a worker's is its slot.
-pub(super) const FORK_TOKEN: u64 = u64::MAX;
-
-pub(super) const BELL_TOKEN: u64 = u64::MAX - 1;
+const FORK_TOKEN: u64 = u64::MAX;
+const BELL_TOKEN: u64 = u64::MAX - 1;
 
 /// Events taken from epoll per call.
-pub(super) const READY_EVENTS: usize = 64;
+const EPOLL_EVENTS: usize = 64;
+
+/// Whether `poll_sockets` may sleep first.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Sleep {
+    /// Take what is there and return.
+    No,
+    /// Sleep until a socket has something, or until the deadline passes (`None`: no deadline).
+    Until(Option<Duration>),
+}
+
+/// Every socket the scheduler reads (workers by slot, the fork server, the doorbell) in one
+/// epoll set: a loop turn costs the sockets that have something, not one poll entry per worker.
+pub(super) struct Io {
+    epoll: Epoll,
+    /// The buffer `epoll` fills.
+    events: Vec<EpollEvent>,
+    /// Workers with queued output, flushed once per turn of the loop.
+    unflushed: Vec<u32>,
+}
+
+impl Io {
+    pub(super) fn new(fork: &OwnedFd, bell: BorrowedFd<'_>) -> crate::Result<Io> {
+        let os = |what: &'static str| move |e: nix::Error| Error::os(what, std::io::Error::from(e));
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(os("epoll_create1"))?;
+        epoll
+            .add(fork, EpollEvent::new(EpollFlags::EPOLLIN, FORK_TOKEN))
+            .map_err(os("epoll_ctl"))?;
+        epoll
+            .add(bell, EpollEvent::new(EpollFlags::EPOLLIN, BELL_TOKEN))
+            .map_err(os("epoll_ctl"))?;
+        Ok(Io {
+            epoll,
+            events: vec![EpollEvent::empty(); EPOLL_EVENTS],
+            unflushed: Vec::new(),
+        })
+    }
+
+    /// Adds worker `slot`'s socket to the set, for reading; false if epoll refused it.
+    pub(super) fn watch(&self, stream: &UnixStream, slot: u32) -> bool {
+        let interest = EpollEvent::new(EpollFlags::EPOLLIN, u64::from(slot));
+        self.epoll.add(stream, interest).is_ok()
+    }
+
+    /// Takes a socket out of the set, before it closes: a copy of the fd (a fork in the
+    /// driver) would otherwise keep a registration no one can remove.
+    pub(super) fn forget(&self, fd: impl AsFd) {
+        let _ = self.epoll.delete(fd);
+    }
+
+    /// Notes that worker `slot` has output waiting, to flush this turn.
+    pub(super) fn mark_unflushed(&mut self, slot: u32) {
+        self.unflushed.push(slot);
+    }
+}
 
 impl Scheduler {
     /// Handles what arrived on the sockets (and marks the workers whose socket has room for
-    /// their waiting output). With `sleep`, first sleeps until something arrives or the timeout
-    /// (`None`: none) passes. True if anything happened.
-    pub(super) fn poll_sockets(&mut self, sleep: Option<Option<Duration>>) -> bool {
-        if let Some(timeout) = sleep {
+    /// their waiting output), after sleeping first if `sleep` says so. True if anything
+    /// happened.
+    pub(super) fn poll_sockets(&mut self, sleep: Sleep) -> bool {
+        if let Sleep::Until(timeout) = sleep {
             // To the microsecond: ppoll on the epoll fd, readable when any of its fds is.
-            let mut fds = [PollFd::new(self.epoll.0.as_fd(), PollFlags::POLLIN)];
+            let mut fds = [PollFd::new(self.io.epoll.0.as_fd(), PollFlags::POLLIN)];
             let _ = ppoll(&mut fds, timeout.map(TimeSpec::from_duration), None);
         }
-        let mut ready = std::mem::take(&mut self.ready);
-        let n = self.epoll.wait(&mut ready, 0u8).unwrap_or(0);
+        let mut ready = std::mem::take(&mut self.io.events);
+        let n = self.io.epoll.wait(&mut ready, 0u8).unwrap_or(0);
         let mut worked = false;
         for ev in &ready[..n] {
             let flags = ev.events();
@@ -45,12 +101,12 @@ impl Scheduler {
                 }
                 slot => {
                     let slot = slot as u32;
-                    if !self.workers.contains_key(&slot) {
+                    if !self.pool.workers.contains_key(&slot) {
                         continue;
                     }
                     worked = true;
                     if flags.contains(EpollFlags::EPOLLOUT) {
-                        self.unflushed.push(slot);
+                        self.io.unflushed.push(slot);
                     }
                     let readable =
                         EpollFlags::EPOLLIN | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR;
@@ -60,17 +116,17 @@ impl Scheduler {
                 }
             }
         }
-        self.ready = ready;
+        self.io.events = ready;
         worked
     }
 
     /// Reads what worker `slot` sent (one buffer's worth) and handles each whole message. True
     /// if it read something and the socket is still open.
     pub(super) fn read_worker(&mut self, slot: u32) -> bool {
-        let Some(w) = self.workers.get_mut(&slot) else {
+        let Some(w) = self.pool.workers.get_mut(&slot) else {
             return false;
         };
-        let Some(stream) = &w.stream else {
+        let Link::Open(stream) = &w.link else {
             return false;
         };
         let (read, closed) = match w.reader.fill(stream, MsgFlags::MSG_DONTWAIT) {
@@ -80,10 +136,10 @@ impl Scheduler {
             Err(_) => (false, true),
         };
         loop {
-            let Some(w) = self.workers.get_mut(&slot) else {
+            let Some(w) = self.pool.workers.get_mut(&slot) else {
                 return false;
             };
-            if w.stream.is_none() {
+            if !w.is_open() {
                 return false;
             }
             match w.reader.next::<FromWorker>() {
@@ -103,14 +159,16 @@ impl Scheduler {
 
     /// Sends what every worker has queued, as far as its socket takes it without blocking.
     pub(super) fn flush(&mut self) {
-        let mut slots = std::mem::take(&mut self.unflushed);
+        let mut slots = std::mem::take(&mut self.io.unflushed);
         slots.sort_unstable();
         slots.dedup();
         for &slot in &slots {
-            let Some(w) = self.workers.get_mut(&slot) else {
+            let Some(w) = self.pool.workers.get_mut(&slot) else {
                 continue;
             };
-            let Some(stream) = &w.stream else { continue };
+            let Link::Open(stream) = &w.link else {
+                continue;
+            };
             // A full socket keeps the rest until epoll says it has room (see `poll_sockets`).
             if w.out.flush(stream, MsgFlags::MSG_DONTWAIT).is_err() {
                 self.on_hangup(slot);
@@ -123,26 +181,26 @@ impl Scheduler {
                     interest |= EpollFlags::EPOLLOUT;
                 }
                 let mut ev = EpollEvent::new(interest, u64::from(slot));
-                if self.epoll.modify(stream, &mut ev).is_ok() {
+                if self.io.epoll.modify(stream, &mut ev).is_ok() {
                     w.out_armed = waiting;
                 }
             }
         }
         slots.clear();
-        self.unflushed = slots;
+        self.io.unflushed = slots;
     }
 
     pub(super) fn send_to(&mut self, slot: u32, msg: &ToWorker) {
-        let Some(w) = self.workers.get_mut(&slot) else {
+        let Some(w) = self.pool.workers.get_mut(&slot) else {
             return;
         };
-        if w.stream.is_none() {
+        if !w.is_open() {
             return;
         }
         if w.out.push(msg).is_err() {
             return self.kill_worker(slot, "a message to it could not be encoded");
         }
-        self.unflushed.push(slot);
+        self.io.mark_unflushed(slot);
     }
 
     pub(super) fn reply(&mut self, client: &ClientKey, msg: ToWorker) {

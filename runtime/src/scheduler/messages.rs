@@ -28,7 +28,7 @@ impl Scheduler {
         };
         // Whatever an actor's worker says may free it for its next call.
         if let Some(a) = slot
-            .and_then(|s| self.workers.get(&s))
+            .and_then(|s| self.pool.workers.get(&s))
             .and_then(|w| w.actor)
         {
             self.mark_actor(a);
@@ -46,13 +46,8 @@ impl Scheduler {
                 if worker != slot {
                     return self.kill_worker(slot, "hello from the wrong slot");
                 }
-                if let Some(w) = self.workers.get_mut(&slot) {
-                    if !w.ready {
-                        w.ready = true;
-                        if w.actor.is_none() {
-                            self.spawning = self.spawning.saturating_sub(1);
-                        }
-                    }
+                self.pool.hello(slot);
+                if let Some(w) = self.pool.workers.get_mut(&slot) {
                     w.pid = pid;
                 }
             }

@@ -1,32 +1,32 @@
 #![doc = include_str!("README.md")]
 
-use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::process::Child;
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 use std::sync::atomic::{Ordering, fence};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::Instant;
 
-use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use rayfork_plasma::{ShmArena, Store};
 
 use crate::config::Config;
 use crate::idmap::IdMap;
 use crate::protocol::{Id, ToWorker};
-use crate::shared_flags::{self, SharedFlags};
+use crate::shared_flags::SharedFlags;
 use crate::stats::RuntimeStats;
 use crate::timeline::Events;
-use crate::{Error, fork_server, ipc};
+use crate::{Error, ipc};
 
-use self::actors::Actor;
+use self::actors::ActorTable;
 use self::cancel::Cancels;
-use self::gpus::Gpus;
-use self::io::{BELL_TOKEN, FORK_TOKEN, READY_EVENTS};
+use self::fork_link::ForkLink;
+use self::io::{Io, Sleep};
 use self::messages::{Client, ClientKey};
 use self::objects::Object;
-use self::pool::Worker;
-use self::requests::Request;
+use self::pipeline::Lanes;
+use self::pool::Pool;
+use self::requests::{Deadlines, Request};
+use self::resources::Resources;
 use self::streams::Stream;
 use self::tasks::Task;
 
@@ -48,65 +48,46 @@ mod tasks;
 
 pub(crate) use event::{Doorbell, Event};
 
+/// The scheduler thread's state: its parts, and the tables that several of them read.
 pub(crate) struct Scheduler {
     cfg: Config,
-    /// Generator tasks' streams, by task id (rule 10).
-    streams: IdMap<Id, Stream>,
-    actors: IdMap<Id, Actor>,
+    // How events reach the loop, and how it reaches the processes.
     rx: Receiver<Event>,
     bell: Arc<Doorbell>,
+    io: Io,
+    fork: ForkLink,
+    /// The shared flags: cancel words and claim cells (shared_flags.rs).
+    flags: SharedFlags,
+
+    // The tables.
     store: Store<ShmArena>,
     objects: IdMap<Id, Object>,
     tasks: IdMap<Id, Task>,
-    queue: VecDeque<Id>,
-    resume: VecDeque<u32>,
-    workers: IdMap<u32, Worker>,
-    /// The slots of the pool's workers (not actors'), so that looking for a worker to run a
-    /// task costs the pool, not every process.
-    pool: std::collections::BTreeSet<u32>,
-    pids: IdMap<i32, u32>,
-    next_slot: u32,
-    spawning: usize,
-    cpus_used: f64,
-    /// GPU devices and their free shares (rule 1, gpus.rs).
-    gpus: Gpus,
-    /// Custom resources held by frames, by name (rule 1).
-    custom_used: HashMap<String, f64>,
-    /// The task of each extra return id (rule 6).
+    /// The task of each extra return id (scheduler rule 6).
     extra_of: IdMap<Id, Id>,
+    /// Generator tasks' streams, by task id (scheduler rule 10).
+    streams: IdMap<Id, Stream>,
     requests: IdMap<u64, Request>,
     next_request: u64,
-    deadlines: BinaryHeap<std::cmp::Reverse<(Instant, u64)>>,
-    fork: OwnedFd,
-    /// The fork server's socket is open (it is not polled after it closed).
-    fork_alive: bool,
-    /// No spinning before this: the fork server was just asked to fork or kill (`FORK_QUIET`).
-    fork_quiet_until: Instant,
-    fork_child: Child,
-    stats: RuntimeStats,
-    /// Workers with queued output, flushed once per turn of the loop.
-    unflushed: Vec<u32>,
-    /// Cancellation's state (rule 9).
+    /// Request timeouts and cancel grace periods.
+    deadlines: Deadlines,
+
+    // Placement.
+    pool: Pool,
+    actors: ActorTable,
+    /// CPUs, GPUs and custom resources (scheduler rule 1).
+    res: Resources,
+    /// Ready pool tasks, in the order they start (scheduler rules 1, 2).
+    queue: VecDeque<Id>,
+    /// Workers whose blocked top frame has its answer and waits for its CPUs (scheduler rule 1).
+    resume: VecDeque<u32>,
+    /// Claim-cell lanes and the tasks queued on workers (scheduler rule 11).
+    lanes: Lanes,
+    /// Cancellation's state (scheduler rule 9).
     cancel: Cancels,
-    /// The last stderr lines of workers that just exited, by pid, until their death is handled.
-    stderr_tails: HashMap<i32, Vec<String>>,
-    /// Lanes of claim cells not lent to a worker (rule 11).
-    free_lanes: Vec<u32>,
-    /// The last ticket armed in a claim cell.
-    last_ticket: u64,
-    /// Tasks queued on workers now (the sum of their `queued`), so that `balance` costs
-    /// nothing when there are none.
-    queued_now: usize,
-    /// Every socket the scheduler reads (workers by slot, the fork server, the doorbell): a
-    /// loop turn costs the sockets that have something, not one poll entry per worker.
-    epoll: Epoll,
-    /// The buffer `epoll` fills.
-    ready: Vec<EpollEvent>,
-    /// Actors that may be able to start or queue a call (`mark_actor`): a loop turn looks at
-    /// these, not at every actor.
-    dirty_actors: Vec<Id>,
-    /// When every actor was last looked at (`ACTOR_SWEEP`).
-    actors_swept: Instant,
+
+    // What the runtime reports.
+    stats: RuntimeStats,
     /// Task events for the timeline and the summary.
     events: Events,
 }
@@ -124,58 +105,31 @@ impl Scheduler {
             None => std::env::current_exe().map_err(|e| Error::os("find own executable", e))?,
         };
         let flags = SharedFlags::create()?;
-        let (fork_child, fork) =
-            fork_server::spawn(&program, arena.fd().as_raw_fd(), flags.fd().as_raw_fd())?;
-        let gpus = Gpus::new(cfg.num_gpus);
-        let os = |what: &'static str| move |e: nix::Error| Error::os(what, std::io::Error::from(e));
-        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(os("epoll_create1"))?;
-        epoll
-            .add(&fork, EpollEvent::new(EpollFlags::EPOLLIN, FORK_TOKEN))
-            .map_err(os("epoll_ctl"))?;
-        epoll
-            .add(
-                bell.fd.as_fd(),
-                EpollEvent::new(EpollFlags::EPOLLIN, BELL_TOKEN),
-            )
-            .map_err(os("epoll_ctl"))?;
+        let fork = ForkLink::start(&program, arena.fd().as_raw_fd(), flags.fd().as_raw_fd())?;
+        let io = Io::new(fork.fd(), bell.fd.as_fd())?;
         let mut s = Scheduler {
-            store: Store::new(arena),
+            res: Resources::new(&cfg),
             cfg,
-            streams: IdMap::default(),
-            actors: IdMap::default(),
             rx,
             bell,
+            io,
+            fork,
+            flags,
+            store: Store::new(arena),
             objects: IdMap::default(),
             tasks: IdMap::default(),
-            queue: VecDeque::new(),
-            resume: VecDeque::new(),
-            workers: IdMap::default(),
-            pool: std::collections::BTreeSet::new(),
-            pids: IdMap::default(),
-            next_slot: 1,
-            spawning: 0,
-            cpus_used: 0.0,
-            gpus,
-            custom_used: HashMap::new(),
             extra_of: IdMap::default(),
+            streams: IdMap::default(),
             requests: IdMap::default(),
             next_request: 1,
-            deadlines: BinaryHeap::new(),
-            fork,
-            fork_alive: true,
-            fork_quiet_until: Instant::now(),
-            fork_child,
+            deadlines: Deadlines::default(),
+            pool: Pool::new(),
+            actors: ActorTable::new(),
+            queue: VecDeque::new(),
+            resume: VecDeque::new(),
+            lanes: Lanes::new(),
+            cancel: Cancels::default(),
             stats: RuntimeStats::default(),
-            unflushed: Vec::new(),
-            cancel: Cancels::new(flags),
-            stderr_tails: HashMap::new(),
-            free_lanes: (0..shared_flags::LANES).rev().collect(),
-            last_ticket: 0,
-            queued_now: 0,
-            epoll,
-            ready: vec![EpollEvent::empty(); READY_EVENTS],
-            dirty_actors: Vec::new(),
-            actors_swept: Instant::now(),
             events: Events::new(),
         };
         for _ in 0..s.cfg.initial_workers() {
@@ -202,7 +156,7 @@ impl Scheduler {
                     Err(TryRecvError::Disconnected) => break 'run,
                 }
             }
-            worked |= self.poll_sockets(None);
+            worked |= self.poll_sockets(Sleep::No);
             self.expire_deadlines();
             self.dispatch();
             self.flush();
@@ -213,12 +167,12 @@ impl Scheduler {
             // No spinning while the fork server has work (a fork, a kill, a reap to report):
             // it needs the CPU this thread would hold, and its answer wakes us anyway.
             let spin = last_work.elapsed() < ipc::spin_budget();
-            if spin && Instant::now() >= self.fork_quiet_until {
+            if spin && !self.fork.is_busy() {
                 std::thread::yield_now();
                 continue;
             }
             // Actors marked after this turn's dispatch (a resumed call) are seen to first.
-            if !self.dirty_actors.is_empty() {
+            if !self.actors.dirty.is_empty() {
                 continue;
             }
             // Sleep until a socket, the doorbell or the next deadline (see `Doorbell`).
@@ -238,9 +192,10 @@ impl Scheduler {
             }
             // To the microsecond (ppoll): a cancel's grace period ends on time.
             let timeout = self
-                .next_deadline()
+                .deadlines
+                .next()
                 .map(|d| d.saturating_duration_since(Instant::now()));
-            self.poll_sockets(Some(timeout));
+            self.poll_sockets(Sleep::Until(timeout));
             self.bell.sleeping.store(false, Ordering::SeqCst);
             self.bell.drain();
             last_work = Instant::now();
@@ -249,15 +204,12 @@ impl Scheduler {
     }
 
     fn shutdown(&mut self) {
-        // Closing the control socket makes the fork server kill and reap every worker (rule 3
-        // in fork_server.rs); then we reap the fork server.
-        let _ = nix::sys::socket::shutdown(self.fork.as_raw_fd(), nix::sys::socket::Shutdown::Both);
-        for w in self.workers.values_mut() {
-            if let Some(s) = w.stream.take() {
+        for w in self.pool.workers.values_mut() {
+            if let Some(s) = w.close() {
                 let _ = s.shutdown(std::net::Shutdown::Both);
             }
         }
-        let _ = self.fork_child.wait();
+        self.fork.shutdown();
         // Fail whatever still waits, so no driver thread blocks forever.
         let ids: Vec<u64> = self.requests.keys().copied().collect();
         for rid in ids {
@@ -277,7 +229,7 @@ impl Scheduler {
                 s.store = self.store.stats();
                 s.objects = self.objects.len();
                 s.tasks = self.tasks.len();
-                s.workers = self.workers.len();
+                s.workers = self.pool.workers.len();
                 let _ = tx.send(s);
             }
             Event::Timeline(tx) => {

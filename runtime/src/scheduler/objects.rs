@@ -52,7 +52,7 @@ pub(super) enum Waiting {
 impl Scheduler {
     /// Records that worker `slot` holds `d` more references to `id` (rule 3).
     pub(super) fn own(&mut self, slot: Option<u32>, id: Id, d: i64) {
-        if let Some(w) = slot.and_then(|s| self.workers.get_mut(&s)) {
+        if let Some(w) = slot.and_then(|s| self.pool.workers.get_mut(&s)) {
             let e = w.held.entry(id).or_insert(0);
             *e += d;
             if *e == 0 {
@@ -82,7 +82,7 @@ impl Scheduler {
             let Some(o) = self.objects.remove(&id) else {
                 continue;
             };
-            if self.actors.contains_key(&id) {
+            if self.actors.by_id.contains_key(&id) {
                 self.actor_freed(id);
             }
             if let Some(st) = self.streams.remove(&id) {

@@ -20,11 +20,64 @@ pub(super) struct Queued {
     pub(super) cpus: f64,
 }
 
+/// The claim-cell lanes of shared_flags.rs lent to workers, and the tasks queued on them.
+pub(super) struct Lanes {
+    /// Lanes not lent to a worker.
+    free: Vec<u32>,
+    /// The last ticket armed in a claim cell.
+    last_ticket: u64,
+    /// Tasks queued on workers now (the sum of their `queued`), so that `balance` costs
+    /// nothing when there are none.
+    queued: usize,
+}
+
+impl Lanes {
+    pub(super) fn new() -> Lanes {
+        Lanes {
+            free: (0..shared_flags::LANES).rev().collect(),
+            last_ticket: 0,
+            queued: 0,
+        }
+    }
+
+    /// A lane for a new worker, if one is free.
+    pub(super) fn lend(&mut self) -> Option<u32> {
+        self.free.pop()
+    }
+
+    /// A dead worker's lane.
+    pub(super) fn give_back(&mut self, lane: u32) {
+        self.free.push(lane);
+    }
+
+    /// A ticket no claim cell was armed with before.
+    fn next_ticket(&mut self) -> u64 {
+        self.last_ticket += 1;
+        self.last_ticket
+    }
+
+    /// Tasks queued on workers now.
+    pub(super) fn queued(&self) -> usize {
+        self.queued
+    }
+
+    /// `n` more tasks wait queued on workers.
+    pub(super) fn add_queued(&mut self, n: usize) {
+        self.queued += n;
+    }
+
+    /// `n` queued tasks started, were taken back or went back to the queue.
+    pub(super) fn remove_queued(&mut self, n: usize) {
+        debug_assert!(self.queued >= n, "queued task count drift");
+        self.queued -= n;
+    }
+}
+
 impl Scheduler {
     /// Queues plain tasks from the front of the queue on busy pool workers (rule 11), when no
     /// frame waits to resume and no worker is being forked for them.
     pub(super) fn pipeline(&mut self) {
-        if !self.resume.is_empty() || self.spawning > 0 {
+        if !self.resume.is_empty() || self.pool.starting() > 0 {
             return;
         }
         while let Some(&task) = self.queue.front() {
@@ -44,7 +97,8 @@ impl Scheduler {
             let cpus = o.num_cpus;
             // Not behind a frame whose `max_calls` may retire the worker (rule 7).
             let target = self
-                .pool_workers()
+                .pool
+                .members()
                 .filter(|(_, w)| {
                     w.can_queue(cpus, self.cfg.pipeline_depth)
                         && self
@@ -66,23 +120,22 @@ impl Scheduler {
             Ok(run) => run,
             Err(e) => return self.finish_task_as(id, Err(e), timeline::Outcome::Failed),
         };
-        let Some(w) = self.workers.get_mut(&slot) else {
+        let Some(w) = self.pool.workers.get_mut(&slot) else {
             return;
         };
         let Some(lane) = w.lane else { return };
         w.last_seq += 1;
-        self.last_ticket += 1;
         let q = Queued {
             task: id,
             seq: w.last_seq,
-            ticket: self.last_ticket,
+            ticket: self.lanes.next_ticket(),
             cpus,
         };
         w.queued.push_back(q);
-        self.queued_now += 1;
+        self.lanes.add_queued(1);
         self.stats.queued += 1;
         let cell = shared_flags::cell(lane, q.seq);
-        self.cancel.flags.arm(cell, q.ticket);
+        self.flags.arm(cell, q.ticket);
         if let Some(t) = self.tasks.get_mut(&id) {
             t.worker = Some(slot);
             t.queued = true;
@@ -98,7 +151,7 @@ impl Scheduler {
     /// Starts the first task queued on `slot`, whose stack just emptied (rule 11). The worker
     /// claimed it or will: the scheduler took back every one it could not have claimed.
     pub(super) fn start_queued(&mut self, slot: u32) {
-        let Some(w) = self.workers.get_mut(&slot) else {
+        let Some(w) = self.pool.workers.get_mut(&slot) else {
             return;
         };
         if !w.stack.is_empty() {
@@ -115,8 +168,8 @@ impl Scheduler {
             ..Frame::new(q.task, q.cpus, Held::default(), q.seq)
         });
         self.events.started(q.task, w.pid, 0);
-        self.cpus_used += q.cpus;
-        self.queued_now = self.queued_now.saturating_sub(1);
+        self.res.take_cpus(q.cpus);
+        self.lanes.remove_queued(1);
         self.stats.pipelined += 1;
         if let Some(t) = self.tasks.get_mut(&q.task) {
             t.attempts += 1;
@@ -130,24 +183,20 @@ impl Scheduler {
     /// Takes back the task at `index` of `slot`'s queue if the worker has not claimed it; it
     /// then belongs to no worker (the caller says where it goes).
     pub(super) fn take_back_one(&mut self, slot: u32, index: usize) -> bool {
-        let Some(w) = self.workers.get_mut(&slot) else {
+        let Some(w) = self.pool.workers.get_mut(&slot) else {
             return false;
         };
         let (Some(lane), Some(&q)) = (w.lane, w.queued.get(index)) else {
             return false;
         };
-        if !self
-            .cancel
-            .flags
-            .take(shared_flags::cell(lane, q.seq), q.ticket)
-        {
+        if !self.flags.take(shared_flags::cell(lane, q.seq), q.ticket) {
             return false;
         }
         w.queued.remove(index);
         if let Some(a) = w.actor {
             self.mark_actor(a);
         }
-        self.queued_now = self.queued_now.saturating_sub(1);
+        self.lanes.remove_queued(1);
         self.stats.taken_back += 1;
         if let Some(t) = self.tasks.get_mut(&q.task) {
             t.worker = None;
@@ -167,6 +216,7 @@ impl Scheduler {
             return false;
         };
         let index = self
+            .pool
             .workers
             .get(&slot)
             .and_then(|w| w.queued.iter().position(|q| q.task == task));
@@ -189,10 +239,10 @@ impl Scheduler {
     /// to the front of the queue (or of their actor's calls), in order. Returns how many stay
     /// (claimed: they start in order as the worker's stack empties).
     pub(super) fn take_back_all(&mut self, slot: u32) -> usize {
-        let n = self.workers.get(&slot).map_or(0, |w| w.queued.len());
+        let n = self.pool.workers.get(&slot).map_or(0, |w| w.queued.len());
         let mut back = Vec::new();
         for i in (0..n).rev() {
-            let task = self.workers[&slot].queued[i].task;
+            let task = self.pool.workers[&slot].queued[i].task;
             if self.take_back_one(slot, i) {
                 back.push(task);
             }
@@ -201,14 +251,14 @@ impl Scheduler {
         for task in back {
             self.requeue_front(task);
         }
-        self.workers.get(&slot).map_or(0, |w| w.queued.len())
+        self.pool.workers.get(&slot).map_or(0, |w| w.queued.len())
     }
 
     /// Puts an unstarted task back at the front of the queue, or of its actor's calls.
     pub(super) fn requeue_front(&mut self, task: Id) {
         match self.tasks.get(&task).and_then(|t| t.spec.actor) {
             Some(ActorCall::Method { actor }) => {
-                if let Some(a) = self.actors.get_mut(&actor) {
+                if let Some(a) = self.actors.by_id.get_mut(&actor) {
                     a.calls.push_front(task);
                 }
                 self.mark_actor(actor);
@@ -224,21 +274,22 @@ impl Scheduler {
     /// Newest first, from the busiest worker first. Not while a frame waits to resume (rule 1),
     /// nor while a task in the queue could start: that one goes first.
     pub(super) fn balance(&mut self) {
-        while self.queued_now > 0
+        while self.lanes.queued() > 0
             && self.resume.is_empty()
             && self.next_startable().is_none()
             && self.can_place()
         {
             let mut victims: Vec<(usize, u32)> = self
-                .pool_workers()
+                .pool
+                .members()
                 .filter(|(_, w)| !w.queued.is_empty())
                 .map(|(s, w)| (w.queued.len(), s))
                 .collect();
             victims.sort_unstable_by_key(|&(n, s)| (std::cmp::Reverse(n), s));
             let moved = victims.into_iter().find_map(|(n, victim)| {
-                let q = self.workers[&victim].queued[n - 1];
+                let q = self.pool.workers[&victim].queued[n - 1];
                 // A claimed one starts on its worker soon.
-                (self.fits(q.cpus) && self.take_back_one(victim, n - 1)).then_some(q.task)
+                (self.res.fits(q.cpus) && self.take_back_one(victim, n - 1)).then_some(q.task)
             });
             let Some(task) = moved else { return };
             self.queue.push_front(task);

@@ -1,19 +1,17 @@
 //! The worker pool: worker processes, their stacks of frames, death (scheduler rule 4) and
 //! retirement (rule 7). Must not decide retries: it asks the task table.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::os::unix::net::UnixStream;
-use std::time::Instant;
 
 use rayfork_plasma::ClientId;
 
 use crate::idmap::IdMap;
 use crate::ipc::{FrameReader, FrameWriter};
-use crate::protocol::{ExitCause, ForkRequest, Id, ToWorker};
-use crate::{Error, ipc, shared_flags, timeline};
+use crate::protocol::{ExitCause, Id, ToWorker};
+use crate::{Error, shared_flags, timeline};
 
 use super::Scheduler;
-use super::fork_link::FORK_QUIET;
 use super::pipeline::Queued;
 use super::resources::{EPS, Held};
 
@@ -48,25 +46,45 @@ impl Frame {
     }
 }
 
+/// Where a worker's socket stands.
+pub(super) enum Link {
+    /// Asked of the fork server; no socket yet (and no pid).
+    Forking,
+    /// The driver's end of its socket, non-blocking, in the epoll set.
+    Open(UnixStream),
+    /// Hung up, killed or unreachable: nothing more is read or sent; its exit comes from the
+    /// fork server (rule 4).
+    Closed,
+}
+
+/// How far a worker is in its life. Whether it is idle, running or blocked is its stack's
+/// business (`Worker::stack`); its death ends it in `on_worker_death` whatever its phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// Forked (or being forked), has not said `Hello`.
+    Starting,
+    /// Said `Hello`: takes work.
+    Ready,
+    /// Reached a `max_calls`: takes no more work (rule 7).
+    Retiring,
+    /// Sent `Exit`: its end is a retirement, not a crash (rule 7).
+    Exiting,
+}
+
 pub(super) struct Worker {
+    /// Its pid, from the fork server; 0 while `Forking`.
     pub(super) pid: i32,
     /// The actor this worker belongs to (rule 8); `None` for a pool worker.
     pub(super) actor: Option<Id>,
-    /// The driver's end of its socket, non-blocking; `None` once it hung up.
-    pub(super) stream: Option<UnixStream>,
+    pub(super) link: Link,
+    phase: Phase,
     pub(super) reader: FrameReader,
     pub(super) out: FrameWriter,
-    pub(super) ready: bool,
     pub(super) stack: Vec<Frame>,
     /// Net references held by this worker's handles (rule 3).
     pub(super) held: IdMap<Id, i64>,
-    pub(super) hung_up: bool,
     /// Tasks run per function, counted for functions called with `max_calls` (rule 7).
     pub(super) calls: HashMap<String, u32>,
-    /// Reached a `max_calls`: takes no more work (rule 7).
-    pub(super) retiring: bool,
-    /// Sent `Exit`: its end is a retirement (rule 7).
-    pub(super) retired: bool,
     /// Its socket is in the epoll set for writability too (output is waiting for room).
     pub(super) out_armed: bool,
     /// Its lane of claim cells, if one was free when it was forked (rule 11).
@@ -81,24 +99,190 @@ pub(super) struct Worker {
 }
 
 impl Worker {
+    fn new(actor: Option<Id>, lane: Option<u32>) -> Worker {
+        Worker {
+            pid: 0,
+            actor,
+            link: Link::Forking,
+            phase: Phase::Starting,
+            reader: FrameReader::default(),
+            out: FrameWriter::default(),
+            stack: Vec::new(),
+            held: IdMap::default(),
+            calls: HashMap::new(),
+            out_armed: false,
+            lane,
+            queued: VecDeque::new(),
+            last_seq: 0,
+            settled: 0,
+        }
+    }
+
+    pub(super) fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// True while messages can be read from it and sent to it.
+    pub(super) fn is_open(&self) -> bool {
+        matches!(self.link, Link::Open(_))
+    }
+
+    /// Closes its link; the socket, if it was open, is returned to be taken out of the epoll
+    /// set.
+    pub(super) fn close(&mut self) -> Option<UnixStream> {
+        match std::mem::replace(&mut self.link, Link::Closed) {
+            Link::Open(s) => Some(s),
+            Link::Forking | Link::Closed => None,
+        }
+    }
+
+    /// True if it said `Hello` and its socket is open: it can be sent a task (an actor's
+    /// worker even while retiring).
+    pub(super) fn is_up(&self) -> bool {
+        self.phase != Phase::Starting && self.is_open()
+    }
+
     /// True for a pool worker that is up, connected and takes work (not an actor's, not
     /// retiring: rules 7, 8).
     pub(super) fn takes_pool_work(&self) -> bool {
-        self.actor.is_none() && self.ready && self.stream.is_some() && !self.retiring
+        self.actor.is_none() && self.phase == Phase::Ready && self.is_open()
     }
 
     /// True if a task needing `cpus` can be queued behind its running frame, with at most
     /// `depth` tasks queued (rule 11).
     pub(super) fn can_queue(&self, cpus: f64, depth: usize) -> bool {
         self.lane.is_some()
-            && self.ready
-            && self.stream.is_some()
-            && !self.retiring
+            && self.phase == Phase::Ready
+            && self.is_open()
             && self.stack.len() == 1
             && self.stack[0].blocked.is_none()
             && (self.stack[0].cpus - cpus).abs() < EPS
             && self.queued.len() < depth
             && self.last_seq + 1 - self.settled <= shared_flags::RING
+    }
+}
+
+/// Every worker process (the pool's and the actors'), by slot, and the pool's own view.
+pub(super) struct Pool {
+    pub(super) workers: IdMap<u32, Worker>,
+    /// The slots of the pool's workers (not actors'), so that looking for a worker to run a
+    /// task costs the pool, not every process.
+    slots: BTreeSet<u32>,
+    /// Slots by pid, for the fork server's reports.
+    pub(super) pids: IdMap<i32, u32>,
+    next_slot: u32,
+    /// Pool workers in `Phase::Starting`, kept by `add`, `hello` and `remove` only.
+    starting: usize,
+}
+
+impl Pool {
+    pub(super) fn new() -> Pool {
+        Pool {
+            workers: IdMap::default(),
+            slots: BTreeSet::new(),
+            pids: IdMap::default(),
+            next_slot: 1,
+            starting: 0,
+        }
+    }
+
+    /// The slot the next worker gets.
+    pub(super) fn next_slot(&mut self) -> u32 {
+        let slot = self.next_slot;
+        self.next_slot += 1;
+        slot
+    }
+
+    /// Adds a worker being forked into `slot`.
+    pub(super) fn add(&mut self, slot: u32, actor: Option<Id>, lane: Option<u32>) {
+        if actor.is_none() {
+            self.starting += 1;
+            self.slots.insert(slot);
+        }
+        self.workers.insert(slot, Worker::new(actor, lane));
+    }
+
+    /// Worker `slot` said `Hello`: it takes work from now on.
+    pub(super) fn hello(&mut self, slot: u32) {
+        let Some(w) = self.workers.get_mut(&slot) else {
+            return;
+        };
+        if w.phase == Phase::Starting {
+            w.phase = Phase::Ready;
+            if w.actor.is_none() {
+                debug_assert!(self.starting > 0, "pool worker count drift");
+                self.starting -= 1;
+            }
+        }
+    }
+
+    /// Worker `slot` reached a `max_calls` (rule 7).
+    pub(super) fn retire(&mut self, slot: u32) {
+        if let Some(w) = self.workers.get_mut(&slot) {
+            if w.phase == Phase::Ready {
+                w.phase = Phase::Retiring;
+            }
+        }
+    }
+
+    /// Removes a dead (or never forked) worker.
+    pub(super) fn remove(&mut self, slot: u32) -> Option<Worker> {
+        let w = self.workers.remove(&slot)?;
+        if w.actor.is_none() {
+            self.slots.remove(&slot);
+            if w.phase == Phase::Starting {
+                debug_assert!(self.starting > 0, "pool worker count drift");
+                self.starting -= 1;
+            }
+        }
+        Some(w)
+    }
+
+    /// Pool workers being forked or started, that have not said `Hello`.
+    pub(super) fn starting(&self) -> usize {
+        debug_assert_eq!(
+            self.starting,
+            self.members()
+                .filter(|(_, w)| w.phase == Phase::Starting)
+                .count(),
+            "pool worker count drift"
+        );
+        self.starting
+    }
+
+    /// Pool workers alive or starting, that will take work (actor workers are not counted,
+    /// rule 8; nor retiring ones, rule 7: a replacement may be forked while one finishes).
+    pub(super) fn size(&self) -> usize {
+        self.members()
+            .filter(|(_, w)| matches!(w.phase, Phase::Starting | Phase::Ready))
+            .count()
+    }
+
+    /// The pool's workers, lowest slot first.
+    pub(super) fn members(&self) -> impl Iterator<Item = (u32, &Worker)> + '_ {
+        self.slots
+            .iter()
+            .filter_map(|&s| self.workers.get(&s).map(|w| (s, w)))
+    }
+
+    /// The lowest idle pool worker, if any.
+    pub(super) fn idle(&self) -> Option<u32> {
+        self.members()
+            .find(|(_, w)| w.takes_pool_work() && w.stack.is_empty())
+            .map(|(s, _)| s)
+    }
+
+    /// The lowest pool worker whose top frame is blocked with no answer waiting: it can run a
+    /// task nested (rule 2).
+    pub(super) fn blocked(&self) -> Option<u32> {
+        self.members()
+            .find(|(_, w)| {
+                w.takes_pool_work()
+                    && w.stack
+                        .last()
+                        .is_some_and(|f| f.blocked.is_some() && f.pending.is_none())
+            })
+            .map(|(s, _)| s)
     }
 }
 
@@ -109,70 +293,29 @@ impl Scheduler {
 
     /// Forks a worker for the pool, or for `actor` (rule 8); its slot if the request went out.
     pub(super) fn spawn_worker_for(&mut self, actor: Option<Id>) -> Option<u32> {
-        let slot = self.next_slot;
-        self.next_slot += 1;
-        if ipc::send_packet(&self.fork, &ForkRequest::Spawn { worker: slot }, &[]).is_err() {
+        let slot = self.pool.next_slot();
+        if !self.fork.spawn(slot) {
             return None;
         }
-        self.fork_quiet_until = Instant::now() + FORK_QUIET;
-        {
-            if actor.is_none() {
-                self.spawning += 1;
-                self.pool.insert(slot);
-            }
-            self.workers.insert(
-                slot,
-                Worker {
-                    pid: 0,
-                    actor,
-                    stream: None,
-                    reader: FrameReader::default(),
-                    out: FrameWriter::default(),
-                    ready: false,
-                    stack: Vec::new(),
-                    held: IdMap::default(),
-                    hung_up: false,
-                    calls: HashMap::new(),
-                    retiring: false,
-                    retired: false,
-                    out_armed: false,
-                    lane: self.free_lanes.pop(),
-                    queued: VecDeque::new(),
-                    last_seq: 0,
-                    settled: 0,
-                },
-            );
-            self.stats.workers_started += 1;
-            self.stats.peak_workers = self.stats.peak_workers.max(self.workers.len());
-        }
+        let lane = self.lanes.lend();
+        self.pool.add(slot, actor, lane);
+        self.stats.workers_started += 1;
+        self.stats.peak_workers = self.stats.peak_workers.max(self.pool.workers.len());
         Some(slot)
     }
 
-    /// Pool workers alive or starting, that will take work (actor workers are not counted,
-    /// rule 8; nor retiring ones, rule 7: a replacement may be forked while one finishes).
-    pub(super) fn pool_len(&self) -> usize {
-        self.pool_workers().filter(|(_, w)| !w.retiring).count()
-    }
-
-    /// The pool's workers, lowest slot first.
-    pub(super) fn pool_workers(&self) -> impl Iterator<Item = (u32, &Worker)> + '_ {
-        self.pool
-            .iter()
-            .filter_map(|&s| self.workers.get(&s).map(|w| (s, w)))
-    }
-
     pub(super) fn on_hangup(&mut self, slot: u32) {
-        let Some(w) = self.workers.get_mut(&slot) else {
+        let Some(w) = self.pool.workers.get_mut(&slot) else {
             return;
         };
-        w.hung_up = true;
-        if let Some(stream) = w.stream.take() {
-            let _ = self.epoll.delete(&stream);
+        if let Some(stream) = w.close() {
+            self.io.forget(&stream);
         }
-        let pid = w.pid;
-        // Make sure it is dead; its exit (with the cause) comes from the fork server.
-        let _ = ipc::send_packet(&self.fork, &ForkRequest::Kill { pid }, &[]);
-        self.fork_quiet_until = Instant::now() + FORK_QUIET;
+        // Make sure it is dead; its exit (with the cause) comes from the fork server. While it
+        // is being forked it has no pid: `on_fork` ends it when it exists.
+        if w.pid != 0 {
+            self.fork.kill(w.pid);
+        }
     }
 
     pub(super) fn kill_worker(&mut self, slot: u32, why: &str) {
@@ -181,27 +324,25 @@ impl Scheduler {
     }
 
     pub(super) fn on_worker_death(&mut self, slot: u32, cause: ExitCause) {
-        let Some(mut w) = self.workers.remove(&slot) else {
+        let Some(mut w) = self.pool.remove(slot) else {
             return;
         };
-        self.pool.remove(&slot);
-        // Out of the epoll set before its socket closes: a copy of the fd (a fork in the
-        // driver) would otherwise keep a registration no one can remove.
-        if let Some(stream) = w.stream.take() {
-            let _ = self.epoll.delete(&stream);
+        // Out of the epoll set before its socket closes (see `Io::forget`).
+        if let Some(stream) = w.close() {
+            self.io.forget(&stream);
         }
         // Rule 11: a task started from its queue that it never claimed (it died between the
         // `Done` before it and the claim) never ran: it goes back with the queued ones.
         let unclaimed = w.stack.len() == 1
             && w.stack[0]
                 .claim
-                .is_some_and(|(cell, ticket)| self.cancel.flags.take(cell, ticket));
+                .is_some_and(|(cell, ticket)| self.flags.take(cell, ticket));
         if unclaimed {
             let f = w.stack.pop().expect("one frame");
             self.events.unstarted(f.task);
             self.stats.pipelined = self.stats.pipelined.saturating_sub(1);
-            self.queued_now += 1;
-            self.cpus_used -= f.cpus;
+            self.lanes.add_queued(1);
+            self.res.give_cpus(f.cpus);
             if let Some(t) = self.tasks.get_mut(&f.task) {
                 t.attempts = t.attempts.saturating_sub(1);
             }
@@ -212,13 +353,10 @@ impl Scheduler {
                 cpus: f.cpus,
             });
         }
-        if w.retired {
+        if w.phase() == Phase::Exiting {
             self.stats.workers_retired += 1;
         } else {
             self.stats.workers_died += 1;
-        }
-        if !w.ready && w.actor.is_none() {
-            self.spawning = self.spawning.saturating_sub(1);
         }
         self.resume.retain(|&s| s != slot);
         for f in &w.stack {
@@ -229,15 +367,12 @@ impl Scheduler {
         // Only a running top frame holds CPUs (rule 1).
         if let Some(top) = w.stack.last() {
             if top.blocked.is_none() {
-                self.cpus_used -= top.cpus;
+                self.res.give_cpus(top.cpus);
             }
-        }
-        if self.cpus_used < EPS {
-            self.cpus_used = 0.0;
         }
         // Every frame holds its GPUs and custom resources (rule 1).
         for f in &w.stack {
-            self.release_other(&f.other);
+            self.res.release(&f.other);
         }
         let crash = self.crash_cause(w.pid, cause);
         for f in &w.stack {
@@ -250,10 +385,10 @@ impl Scheduler {
             self.events.ended(f.task, name, outcome);
         }
         if let Some(lane) = w.lane {
-            self.free_lanes.push(lane);
+            self.lanes.give_back(lane);
         }
         // Rule 11: its queued tasks never started; they go back in order, no attempt used.
-        self.queued_now = self.queued_now.saturating_sub(w.queued.len());
+        self.lanes.remove_queued(w.queued.len());
         for q in w.queued.iter().rev() {
             let Some(t) = self.tasks.get_mut(&q.task) else {
                 continue;
@@ -310,7 +445,7 @@ impl Scheduler {
         }
         self.store.client_gone(ClientId(slot));
         // Keep the pool at its size.
-        if w.actor.is_none() && self.pool_len() < self.cfg.initial_workers() {
+        if w.actor.is_none() && self.pool.size() < self.cfg.initial_workers() {
             self.spawn_worker();
         }
     }
@@ -318,7 +453,7 @@ impl Scheduler {
     /// After a frame left a worker: resume the frame below, or start its next queued task
     /// (rule 11), or mark the worker idle.
     pub(super) fn after_pop(&mut self, slot: u32) {
-        let Some(w) = self.workers.get(&slot) else {
+        let Some(w) = self.pool.workers.get(&slot) else {
             return;
         };
         if let Some(f) = w.stack.last() {
@@ -335,26 +470,6 @@ impl Scheduler {
         self.retire_if_done(slot);
     }
 
-    /// The lowest idle pool worker, if any.
-    pub(super) fn idle_worker(&self) -> Option<u32> {
-        self.pool_workers()
-            .find(|(_, w)| w.takes_pool_work() && w.stack.is_empty())
-            .map(|(s, _)| s)
-    }
-
-    /// The lowest pool worker whose top frame is blocked with no answer waiting: it can run a
-    /// task nested (rule 2).
-    pub(super) fn blocked_worker(&self) -> Option<u32> {
-        self.pool_workers()
-            .find(|(_, w)| {
-                w.takes_pool_work()
-                    && w.stack
-                        .last()
-                        .is_some_and(|f| f.blocked.is_some() && f.pending.is_none())
-            })
-            .map(|(s, _)| s)
-    }
-
     /// Counts a finished task against its function's `max_calls` on this worker.
     pub(super) fn count_call(&mut self, slot: u32, task: Id) {
         let Some(t) = self.tasks.get(&task) else {
@@ -364,25 +479,25 @@ impl Scheduler {
         if max == 0 {
             return;
         }
-        let Some(w) = self.workers.get_mut(&slot) else {
+        let Some(w) = self.pool.workers.get_mut(&slot) else {
             return;
         };
         let n = w.calls.entry(t.spec.func.clone()).or_insert(0);
         *n += 1;
         if *n >= max {
-            w.retiring = true;
+            self.pool.retire(slot);
         }
     }
 
     /// Sends `Exit` to a retiring worker once its stack is empty (rule 7).
     pub(super) fn retire_if_done(&mut self, slot: u32) {
-        let Some(w) = self.workers.get_mut(&slot) else {
+        let Some(w) = self.pool.workers.get_mut(&slot) else {
             return;
         };
-        if !w.retiring || w.retired || !w.stack.is_empty() {
+        if w.phase != Phase::Retiring || !w.stack.is_empty() {
             return;
         }
-        w.retired = true;
+        w.phase = Phase::Exiting;
         self.send_to(slot, &ToWorker::Exit);
     }
 }

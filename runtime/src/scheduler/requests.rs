@@ -1,6 +1,8 @@
 //! Requests (`get`, `wait`, `next`, a generator's room) and the deadlines of timeouts and
 //! cancel timers. Touches workers only through `send_to` and their blocked frames.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::time::{Duration, Instant};
 
 use crate::Error;
@@ -9,7 +11,6 @@ use crate::protocol::{Id, ToWorker};
 use super::Scheduler;
 use super::messages::ClientKey;
 use super::objects::{ObjState, Waiting};
-use super::resources::EPS;
 use super::streams::Stream;
 
 pub(super) enum RequestKind {
@@ -32,6 +33,39 @@ pub(super) struct Request {
     pub(super) missing: usize,
     /// Its timeout, for the `Timeout` error.
     pub(super) timeout_ms: Option<u64>,
+}
+
+/// What happens when a deadline passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Deadline {
+    /// Request `0` times out (if it still waits).
+    Request(u64),
+    /// The grace period of a cancelled task ends: its worker is killed if the task still runs
+    /// there (scheduler rule 9).
+    CancelKill { slot: u32, task: Id },
+}
+
+/// Request timeouts and cancel grace periods, soonest first.
+#[derive(Default)]
+pub(super) struct Deadlines {
+    heap: BinaryHeap<Reverse<(Instant, Deadline)>>,
+}
+
+impl Deadlines {
+    pub(super) fn push(&mut self, at: Instant, d: Deadline) {
+        self.heap.push(Reverse((at, d)));
+    }
+
+    /// The soonest deadline, when the loop must wake up at the latest.
+    pub(super) fn next(&self) -> Option<Instant> {
+        self.heap.peek().map(|r| r.0.0)
+    }
+
+    /// Takes the soonest deadline if it passed by `now`.
+    pub(super) fn pop_passed(&mut self, now: Instant) -> Option<Deadline> {
+        let &Reverse((at, _)) = self.heap.peek()?;
+        (at <= now).then(|| self.heap.pop().map(|Reverse((_, d))| d))?
+    }
 }
 
 impl Scheduler {
@@ -83,14 +117,17 @@ impl Scheduler {
             },
         );
         if let Some(ms) = timeout_ms {
-            self.deadlines.push(std::cmp::Reverse((
-                Instant::now() + Duration::from_millis(ms),
-                rid,
-            )));
+            let at = Instant::now() + Duration::from_millis(ms);
+            self.deadlines.push(at, Deadline::Request(rid));
         }
         // Rule 1: a blocked frame gives its CPUs back.
         if let Some(slot) = worker {
-            let Some(f) = self.workers.get_mut(&slot).and_then(|w| w.stack.last_mut()) else {
+            let Some(f) = self
+                .pool
+                .workers
+                .get_mut(&slot)
+                .and_then(|w| w.stack.last_mut())
+            else {
                 self.requests.remove(&rid);
                 return self.kill_worker(slot, "get outside a task");
             };
@@ -99,10 +136,8 @@ impl Scheduler {
                 return self.kill_worker(slot, "a second request while blocked in one");
             }
             f.blocked = Some(rid);
-            self.cpus_used -= f.cpus;
-            if self.cpus_used < EPS {
-                self.cpus_used = 0.0;
-            }
+            let cpus = f.cpus;
+            self.res.give_cpus(cpus);
             // Rule 11: a blocked frame may wait for a task queued behind it; none of them can
             // have been claimed, the worker's stack is not empty.
             if self.take_back_all(slot) > 0 {
@@ -114,20 +149,16 @@ impl Scheduler {
     /// Acts on the deadlines that passed.
     pub(super) fn expire_deadlines(&mut self) {
         let now = Instant::now();
-        while let Some(std::cmp::Reverse((t, rid))) = self.deadlines.peek().copied() {
-            if t > now {
-                break;
-            }
-            self.deadlines.pop();
-            self.on_cancel_timer(rid);
-            if let Some(ms) = self.requests.get(&rid).and_then(|r| r.timeout_ms) {
-                self.complete_request(rid, Some(ms));
+        while let Some(d) = self.deadlines.pop_passed(now) {
+            match d {
+                Deadline::Request(rid) => {
+                    if let Some(ms) = self.requests.get(&rid).and_then(|r| r.timeout_ms) {
+                        self.complete_request(rid, Some(ms));
+                    }
+                }
+                Deadline::CancelKill { slot, task } => self.on_cancel_timer(slot, task),
             }
         }
-    }
-
-    pub(super) fn next_deadline(&self) -> Option<Instant> {
-        self.deadlines.peek().map(|r| r.0.0)
     }
 
     /// The answer to a request over `ids`; `timed_out` is set when its deadline passed first.
@@ -190,7 +221,7 @@ impl Scheduler {
             }
             ClientKey::Worker(slot) => {
                 // Rule 1: hold the answer until the frame is on top and has its CPUs back.
-                let Some(w) = self.workers.get_mut(&slot) else {
+                let Some(w) = self.pool.workers.get_mut(&slot) else {
                     return;
                 };
                 let Some(f) = w.stack.iter_mut().find(|f| f.blocked == Some(rid)) else {

@@ -90,11 +90,13 @@ impl Scheduler {
     /// callers; the generator goes on at once if the stream has room.
     pub(super) fn on_yield(&mut self, slot: u32, task: Id, item: Id) {
         let on_top = self
+            .pool
             .workers
             .get(&slot)
             .and_then(|w| w.stack.last())
             .is_some_and(|f| f.task == task && f.blocked.is_none());
         let held = self
+            .pool
             .workers
             .get(&slot)
             .is_some_and(|w| w.held.get(&item).is_some_and(|&n| n > 0));

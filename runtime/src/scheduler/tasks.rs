@@ -8,7 +8,6 @@ use crate::{Error, timeline};
 
 use super::Scheduler;
 use super::objects::{ObjState, Object, Waiting};
-use super::resources::EPS;
 use super::streams::Stream;
 
 pub(super) struct Task {
@@ -42,10 +41,10 @@ impl Scheduler {
         self.own(slot, id, 1);
         self.add_extra_returns(slot, &spec);
         let parent = slot
-            .and_then(|s| self.workers.get(&s))
+            .and_then(|s| self.pool.workers.get(&s))
             .and_then(|w| w.stack.last())
             .map(|f| f.task);
-        if let Some(err) = self.never_fits(&name, &spec.opts) {
+        if let Some(err) = self.res.never_fits(&name, &spec.opts) {
             self.tasks.insert(
                 id,
                 Task {
@@ -165,7 +164,9 @@ impl Scheduler {
         // An actor whose constructor failed (also unrun: a failed argument, a cancel) is gone,
         // so that later calls fail instead of waiting for it (rule 8).
         let ctor_failed = match &result {
-            Err(e) if self.actors.get(&id).is_some_and(|a| a.dead.is_none()) => Some(e.clone()),
+            Err(e) if self.actors.by_id.get(&id).is_some_and(|a| a.dead.is_none()) => {
+                Some(e.clone())
+            }
             _ => None,
         };
         self.resolve_return(id, result);
@@ -208,6 +209,7 @@ impl Scheduler {
 
     pub(super) fn on_done(&mut self, slot: u32, task: Id, outcome: Outcome) {
         let on_top = self
+            .pool
             .workers
             .get(&slot)
             .and_then(|w| w.stack.last())
@@ -239,20 +241,17 @@ impl Scheduler {
                 }
             }
         }
-        let w = self.workers.get_mut(&slot).expect("checked above");
+        let w = self.pool.workers.get_mut(&slot).expect("checked above");
         let frame = w.stack.pop().expect("checked above");
         if w.stack.is_empty() {
             // Every task queued before this one was sent is settled on the worker (rule 11).
             w.settled = w.settled.max(frame.mark);
         }
-        self.cpus_used -= frame.cpus;
-        if self.cpus_used < EPS {
-            self.cpus_used = 0.0;
-        }
+        self.res.give_cpus(frame.cpus);
         let result = self.cancelled_result(task, result);
-        self.release_other(&frame.other);
+        self.res.release(&frame.other);
         self.count_call(slot, task);
-        if self.workers.get(&slot).and_then(|w| w.actor) == Some(task) {
+        if self.pool.workers.get(&slot).and_then(|w| w.actor) == Some(task) {
             self.actor_constructed(task, result.as_ref().map(|_| ()));
         }
         if let Some(t) = self.tasks.get_mut(&task) {
