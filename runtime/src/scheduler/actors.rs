@@ -11,6 +11,7 @@ use crate::protocol::{ActorCall, Arg, Id, Payload, RunTask, ToWorker};
 use super::Scheduler;
 use super::pool::Frame;
 use super::resources::Held;
+use super::tasks::TaskState;
 
 /// An actor (rule 8).
 pub(super) struct Actor {
@@ -205,9 +206,9 @@ impl Scheduler {
                 continue;
             }
             if !a.constructed {
-                if self.tasks.get(&id).is_some_and(|t| t.worker.is_none()) {
+                if let Some(t) = self.tasks.get(&id).filter(|t| t.state.is_unstarted()) {
                     // The first run (or a rerun after a crash before it finished).
-                    if self.tasks[&id].missing == 0 {
+                    if t.state == TaskState::Ready {
                         self.start_task(slot, id, 0.0);
                     }
                 } else if let Some((func, args)) = a.ctor.clone() {
@@ -230,10 +231,10 @@ impl Scheduler {
                 continue;
             }
             while let Some(&call) = self.actors.by_id.get(&id).and_then(|a| a.calls.front()) {
-                match self.tasks.get(&call).map(|t| t.missing) {
+                match self.tasks.get(&call).map(|t| t.state) {
                     // Finished already (an argument failed): drop it.
                     None => {}
-                    Some(0) => {
+                    Some(TaskState::Ready) => {
                         self.actors.by_id.get_mut(&id).map(|a| a.calls.pop_front());
                         let Some(w) = self.pool.workers.get(&slot) else {
                             break;
@@ -279,7 +280,7 @@ impl Scheduler {
                     .is_some_and(|t| t.attempts <= retries);
             if retry {
                 if let Some(t) = self.tasks.get_mut(&f.task) {
-                    t.worker = None;
+                    t.state = TaskState::Ready;
                     self.events.retried(&t.spec.func);
                 }
                 again.push(f.task);
@@ -297,7 +298,7 @@ impl Scheduler {
             }
         }
         if let Some(t) = self.tasks.get_mut(&id) {
-            t.worker = None;
+            t.state = TaskState::Ready;
         }
         let Some(a) = self.actors.by_id.get_mut(&id) else {
             return;
@@ -361,7 +362,7 @@ impl Scheduler {
         for c in calls {
             self.finish_task(c, Err(died()));
         }
-        if self.tasks.get(&id).is_some_and(|t| t.worker.is_none()) {
+        if self.tasks.get(&id).is_some_and(|t| t.state.is_unstarted()) {
             self.queue.retain(|&q| q != id);
             self.finish_task(id, Err(died()));
         }

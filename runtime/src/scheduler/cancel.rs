@@ -9,13 +9,12 @@ use crate::{CancelOutcome, Error};
 
 use super::Scheduler;
 use super::requests::Deadline;
+use super::tasks::TaskState;
 
 /// What the scheduler keeps for cancellation (rule 9). The flags a task polls live in
 /// `Scheduler::flags`.
 #[derive(Default)]
 pub(super) struct Cancels {
-    /// Tasks cancelled while running: they resolve to `TaskCancelled` when they stop.
-    pub(super) running: HashSet<Id>,
     /// Queued tasks cancelled after their worker claimed them: (force, grace), applied when
     /// they start (rule 11).
     pub(super) on_start: HashMap<Id, (bool, Duration)>,
@@ -69,22 +68,30 @@ impl Scheduler {
         let err = Error::TaskCancelled {
             task: t.name.clone(),
         };
-        let Some(slot) = t.worker else {
-            // Not started (queued, waiting for its arguments, or waiting for a retry): it never
-            // runs, and whoever waits for it learns at once.
-            self.queue.retain(|&q| q != id);
-            return self.finish_task(id, Err(err));
-        };
-        if t.queued {
-            // Queued on a busy worker (rule 11): taken back, it never runs; claimed, it is
-            // cancelled when it starts.
-            if self.take_back_task(id) {
+        let slot = match t.state {
+            TaskState::WaitingArgs { .. } | TaskState::Ready => {
+                // Not started (waiting for its arguments, in the queue, or waiting for a
+                // retry): it never runs, and whoever waits for it learns at once.
+                self.queue.retain(|&q| q != id);
                 return self.finish_task(id, Err(err));
             }
-            self.cancel.on_start.insert(id, (force, grace));
-            return;
+            TaskState::QueuedOn { .. } => {
+                // Queued on a busy worker (rule 11): taken back, it never runs; claimed, it is
+                // cancelled when it starts.
+                if self.take_back_task(id) {
+                    return self.finish_task(id, Err(err));
+                }
+                self.cancel.on_start.insert(id, (force, grace));
+                return;
+            }
+            TaskState::Running { slot, .. } => slot,
+        };
+        if let Some(t) = self.tasks.get_mut(&id) {
+            t.state = TaskState::Running {
+                slot,
+                cancel_requested: true,
+            };
         }
-        self.cancel.running.insert(id);
         // The cooperative request: raise the flag of the task's own frame.
         if let Some(depth) = self
             .pool
@@ -112,11 +119,13 @@ impl Scheduler {
 
     /// A grace period ended: kill the worker if the cancelled task still runs on it.
     pub(super) fn on_cancel_timer(&mut self, slot: u32, task: Id) {
-        let still_running = self.cancel.running.contains(&task)
-            && self
-                .tasks
-                .get(&task)
-                .is_some_and(|t| t.worker == Some(slot));
+        let still_running = self.tasks.get(&task).is_some_and(|t| {
+            t.state
+                == TaskState::Running {
+                    slot,
+                    cancel_requested: true,
+                }
+        });
         if still_running {
             self.kill_for_cancel(slot);
         }
@@ -133,7 +142,10 @@ impl Scheduler {
     /// Decides the fate of `task`, lost with worker `slot`, when cancellation is involved; false
     /// leaves it to the crash rule (rule 4).
     pub(super) fn cancel_on_death(&mut self, slot: u32, task: Id) -> bool {
-        let cancelled = self.cancel.running.remove(&task);
+        let cancelled = self
+            .tasks
+            .get(&task)
+            .is_some_and(|t| t.state.is_cancel_requested());
         let killed = self.cancel.killed.contains(&slot);
         if !cancelled && !killed {
             return false;
@@ -141,7 +153,7 @@ impl Scheduler {
         let Some(t) = self.tasks.get_mut(&task) else {
             return true;
         };
-        t.worker = None;
+        t.state = TaskState::Ready;
         if cancelled {
             let err = Error::TaskCancelled {
                 task: t.name.clone(),
@@ -165,7 +177,11 @@ impl Scheduler {
         task: Id,
         result: Result<Vec<(Payload, Vec<Id>)>, Error>,
     ) -> Result<Vec<(Payload, Vec<Id>)>, Error> {
-        if !self.cancel.running.remove(&task) {
+        let cancelled = self
+            .tasks
+            .get(&task)
+            .is_some_and(|t| t.state.is_cancel_requested());
+        if !cancelled {
             return result;
         }
         if let Ok(values) = result {

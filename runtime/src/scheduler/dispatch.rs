@@ -6,6 +6,7 @@ use crate::{Error, timeline};
 use super::Scheduler;
 use super::objects::ObjState;
 use super::pool::Frame;
+use super::tasks::TaskState;
 
 impl Scheduler {
     /// Starts queued tasks on idle workers (rules 1, 2).
@@ -151,8 +152,10 @@ impl Scheduler {
         };
         let t = self.tasks.get_mut(&id).expect("run_message found it");
         t.attempts += 1;
-        t.worker = Some(slot);
-        t.queued = false;
+        t.state = TaskState::Running {
+            slot,
+            cancel_requested: false,
+        };
         let other = self.res.acquire(&t.spec.opts);
         run.gpus = other.gpus.iter().map(|&(d, _)| d).collect();
         if let Some(w) = self.pool.workers.get_mut(&slot) {

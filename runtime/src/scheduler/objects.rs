@@ -8,6 +8,7 @@ use crate::{Error, timeline};
 
 use super::Scheduler;
 use super::requests::RequestKind;
+use super::tasks::TaskState;
 
 pub(super) enum ObjState {
     Pending,
@@ -108,7 +109,7 @@ impl Scheduler {
                 let unstarted = self
                     .tasks
                     .get(&task)
-                    .is_some_and(|t| t.worker.is_none() && t.spec.actor.is_none());
+                    .is_some_and(|t| t.state.is_unstarted() && t.spec.actor.is_none());
                 if unstarted && !self.any_return_alive(task) {
                     self.queue.retain(|&q| q != task);
                     self.release_task_args(task);
@@ -157,7 +158,7 @@ impl Scheduler {
             let runs_it = self
                 .tasks
                 .get(&self.task_of_return(id))
-                .is_some_and(|t| t.worker.is_some() && t.worker == slot);
+                .is_some_and(|t| slot.is_some() && t.state.worker() == slot);
             if !(runs_it && matches!(o.state, ObjState::Pending) && !o.stored) {
                 return Err(Error::Protocol(format!(
                     "create of an existing object {id:x}"
@@ -174,7 +175,7 @@ impl Scheduler {
         let orphan = self
             .tasks
             .get(&self.task_of_return(id))
-            .is_some_and(|t| t.worker.is_some() && t.worker == slot);
+            .is_some_and(|t| slot.is_some() && t.state.worker() == slot);
         let d = self.store.create(oid, size, client)?;
         let created = Object {
             stored: true,
@@ -259,15 +260,24 @@ impl Scheduler {
                 Waiting::Task(t) => {
                     if let Some(err) = &failed {
                         // A task whose argument failed fails with that error, unrun.
-                        if self.tasks.get(&t).is_some_and(|t| t.worker.is_none()) {
+                        if self.tasks.get(&t).is_some_and(|t| t.state.is_unstarted()) {
                             self.queue.retain(|&q| q != t);
                             self.finish_task_as(t, Err(err.clone()), timeline::Outcome::Failed);
                         }
                         continue;
                     }
                     if let Some(task) = self.tasks.get_mut(&t) {
-                        task.missing = task.missing.saturating_sub(1);
-                        if task.missing == 0 {
+                        let TaskState::WaitingArgs { missing } = task.state else {
+                            debug_assert!(false, "an argument of a task that waits for none");
+                            continue;
+                        };
+                        task.state = match missing {
+                            0 | 1 => TaskState::Ready,
+                            _ => TaskState::WaitingArgs {
+                                missing: missing - 1,
+                            },
+                        };
+                        if task.state == TaskState::Ready {
                             match task.spec.actor {
                                 None => self.queue.push_back(t),
                                 Some(ActorCall::Method { actor }) => self.mark_actor(actor),

@@ -7,6 +7,7 @@ use crate::{shared_flags, timeline};
 use super::Scheduler;
 use super::pool::Frame;
 use super::resources::Held;
+use super::tasks::TaskState;
 
 /// A task queued on a busy worker (rule 11).
 #[derive(Clone, Copy)]
@@ -137,8 +138,7 @@ impl Scheduler {
         let cell = shared_flags::cell(lane, q.seq);
         self.flags.arm(cell, q.ticket);
         if let Some(t) = self.tasks.get_mut(&id) {
-            t.worker = Some(slot);
-            t.queued = true;
+            t.state = TaskState::QueuedOn { slot };
         }
         let msg = ToWorker::Queue {
             run,
@@ -173,7 +173,10 @@ impl Scheduler {
         self.stats.pipelined += 1;
         if let Some(t) = self.tasks.get_mut(&q.task) {
             t.attempts += 1;
-            t.queued = false;
+            t.state = TaskState::Running {
+                slot,
+                cancel_requested: false,
+            };
         }
         if let Some((force, grace)) = self.cancel.on_start.remove(&q.task) {
             self.cancel_one(q.task, force, grace);
@@ -199,8 +202,7 @@ impl Scheduler {
         self.lanes.remove_queued(1);
         self.stats.taken_back += 1;
         if let Some(t) = self.tasks.get_mut(&q.task) {
-            t.worker = None;
-            t.queued = false;
+            t.state = TaskState::Ready;
         }
         true
     }
@@ -210,8 +212,8 @@ impl Scheduler {
         let Some(slot) = self
             .tasks
             .get(&task)
-            .filter(|t| t.queued)
-            .and_then(|t| t.worker)
+            .filter(|t| t.state.is_queued())
+            .and_then(|t| t.state.worker())
         else {
             return false;
         };
@@ -231,7 +233,7 @@ impl Scheduler {
         let queued = self
             .tasks
             .get(&task)
-            .is_some_and(|t| t.queued && t.spec.actor.is_none());
+            .is_some_and(|t| t.state.is_queued() && t.spec.actor.is_none());
         queued && !self.any_return_alive(task) && self.take_back_task(task)
     }
 

@@ -14,6 +14,7 @@ use crate::{Error, shared_flags, timeline};
 use super::Scheduler;
 use super::pipeline::Queued;
 use super::resources::{EPS, Held};
+use super::tasks::TaskState;
 
 pub(super) struct Frame {
     pub(super) task: Id,
@@ -377,7 +378,11 @@ impl Scheduler {
         let crash = self.crash_cause(w.pid, cause);
         for f in &w.stack {
             let name = self.tasks.get(&f.task).map_or("", |t| t.name.as_str());
-            let outcome = if self.cancel.running.contains(&f.task) {
+            let cancelled = self
+                .tasks
+                .get(&f.task)
+                .is_some_and(|t| t.state.is_cancel_requested());
+            let outcome = if cancelled {
                 timeline::Outcome::Cancelled
             } else {
                 timeline::Outcome::Crashed
@@ -393,10 +398,8 @@ impl Scheduler {
             let Some(t) = self.tasks.get_mut(&q.task) else {
                 continue;
             };
-            t.worker = None;
-            t.queued = false;
-            let cancelled = self.cancel.on_start.remove(&q.task).is_some()
-                | self.cancel.running.remove(&q.task);
+            t.state = TaskState::Ready;
+            let cancelled = self.cancel.on_start.remove(&q.task).is_some();
             if cancelled {
                 let err = Error::TaskCancelled {
                     task: t.name.clone(),
@@ -409,7 +412,11 @@ impl Scheduler {
         if let Some(actor) = w.actor {
             // A cancelled call resolves as cancelled (rule 9); the others die with the actor.
             for f in &w.stack {
-                if self.cancel.running.contains(&f.task) {
+                let cancelled = self
+                    .tasks
+                    .get(&f.task)
+                    .is_some_and(|t| t.state.is_cancel_requested());
+                if cancelled {
                     self.cancel_on_death(slot, f.task);
                 }
             }
@@ -423,8 +430,8 @@ impl Scheduler {
             let Some(t) = self.tasks.get_mut(&f.task) else {
                 continue;
             };
-            t.worker = None;
-            if t.attempts <= t.spec.opts.max_retries && t.spec.opts.streaming.is_none() {
+            t.state = TaskState::Ready;
+            if t.may_retry() {
                 self.events.retried(&t.spec.func);
                 self.reset_returns(f.task);
                 self.queue.push_front(f.task);

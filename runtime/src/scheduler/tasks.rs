@@ -10,16 +10,84 @@ use super::Scheduler;
 use super::objects::{ObjState, Object, Waiting};
 use super::streams::Stream;
 
+/// Where an unfinished task stands. A finished, failed or cancelled task leaves the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum TaskState {
+    /// Waits for `missing` of its argument objects.
+    WaitingArgs { missing: usize },
+    /// Can start: in the queue, in its actor's calls, or waiting to be retried.
+    Ready,
+    /// Queued on busy worker `slot` (scheduler rule 11): not started, holds nothing.
+    QueuedOn { slot: u32 },
+    /// On worker `slot`'s stack, running or blocked; `cancel_requested` once it was asked to
+    /// stop (scheduler rule 9): it then resolves to `TaskCancelled` whatever it returns.
+    Running { slot: u32, cancel_requested: bool },
+}
+
+impl TaskState {
+    /// The worker it is on (running or queued there), if any.
+    pub(super) fn worker(self) -> Option<u32> {
+        match self {
+            TaskState::QueuedOn { slot } | TaskState::Running { slot, .. } => Some(slot),
+            TaskState::WaitingArgs { .. } | TaskState::Ready => None,
+        }
+    }
+
+    /// True if it has not started and is on no worker: it can be dropped or failed unrun.
+    pub(super) fn is_unstarted(self) -> bool {
+        self.worker().is_none()
+    }
+
+    /// True while it waits on a busy worker (scheduler rule 11).
+    pub(super) fn is_queued(self) -> bool {
+        matches!(self, TaskState::QueuedOn { .. })
+    }
+
+    /// True if it runs on worker `slot` and was asked to stop.
+    pub(super) fn is_cancel_requested(self) -> bool {
+        matches!(
+            self,
+            TaskState::Running {
+                cancel_requested: true,
+                ..
+            }
+        )
+    }
+}
+
+/// A task of the table.
 pub(super) struct Task {
     pub(super) spec: TaskSpec,
+    /// Its name in errors and the timeline (`opts.name`, else the function's).
     pub(super) name: String,
-    pub(super) missing: usize,
+    pub(super) state: TaskState,
+    /// Attempts started, the current one included.
     pub(super) attempts: u32,
-    /// The worker it runs on, or is queued on (rule 11).
-    pub(super) worker: Option<u32>,
-    /// Queued on `worker`, not started (rule 11).
-    pub(super) queued: bool,
+    /// The task on whose frame it was submitted, for a recursive cancel.
     pub(super) parent: Option<Id>,
+}
+
+impl Task {
+    fn new(spec: TaskSpec, parent: Option<Id>, missing: usize) -> Task {
+        let name = spec.opts.name.clone().unwrap_or_else(|| spec.func.clone());
+        let state = match missing {
+            0 => TaskState::Ready,
+            missing => TaskState::WaitingArgs { missing },
+        };
+        Task {
+            spec,
+            name,
+            state,
+            attempts: 0,
+            parent,
+        }
+    }
+
+    /// True if a failed attempt may be tried again (scheduler rule 4): attempts remain, and
+    /// it is not a generator (scheduler rule 10).
+    pub(super) fn may_retry(&self) -> bool {
+        self.attempts <= self.spec.opts.max_retries && self.spec.opts.streaming.is_none()
+    }
 }
 
 impl Scheduler {
@@ -31,7 +99,6 @@ impl Scheduler {
         if !self.extra_ids_fresh(&spec) {
             return self.bad(slot, "submit with a return id that exists or repeats");
         }
-        let name = spec.opts.name.clone().unwrap_or_else(|| spec.func.clone());
         self.events.submitted(id);
         // The references the spec mentions move from the submitter to the task (rule 4).
         for c in spec.arg_ids() {
@@ -44,19 +111,9 @@ impl Scheduler {
             .and_then(|s| self.pool.workers.get(&s))
             .and_then(|w| w.stack.last())
             .map(|f| f.task);
-        if let Some(err) = self.res.never_fits(&name, &spec.opts) {
-            self.tasks.insert(
-                id,
-                Task {
-                    spec,
-                    name,
-                    missing: 0,
-                    attempts: 0,
-                    worker: None,
-                    queued: false,
-                    parent,
-                },
-            );
+        let name = spec.opts.name.as_deref().unwrap_or(&spec.func);
+        if let Some(err) = self.res.never_fits(name, &spec.opts) {
+            self.tasks.insert(id, Task::new(spec, parent, 0));
             return self.finish_task(id, Err(err));
         }
         let mut missing = 0;
@@ -72,18 +129,7 @@ impl Scheduler {
                         let err = Error::Protocol(format!(
                             "argument object {r:x} no longer exists (its last ref was dropped)"
                         ));
-                        self.tasks.insert(
-                            id,
-                            Task {
-                                spec,
-                                name,
-                                missing: 0,
-                                attempts: 0,
-                                worker: None,
-                                queued: false,
-                                parent,
-                            },
-                        );
+                        self.tasks.insert(id, Task::new(spec, parent, 0));
                         return self.finish_task(id, Err(err));
                     }
                 }
@@ -101,18 +147,7 @@ impl Scheduler {
                 },
             );
         }
-        self.tasks.insert(
-            id,
-            Task {
-                spec,
-                name,
-                missing,
-                attempts: 0,
-                worker: None,
-                queued: false,
-                parent,
-            },
-        );
+        self.tasks.insert(id, Task::new(spec, parent, missing));
         if let Some(call) = actor {
             return self.actor_submitted(slot, id, call);
         }
@@ -255,12 +290,11 @@ impl Scheduler {
             self.actor_constructed(task, result.as_ref().map(|_| ()));
         }
         if let Some(t) = self.tasks.get_mut(&task) {
-            t.worker = None;
+            t.state = TaskState::Ready;
             self.events
                 .ended(task, &t.name, timeline::Outcome::of(&result));
             let retry = matches!(&result, Err(e) if crate::task::retries_error(&t.spec.opts, e))
-                && t.attempts <= t.spec.opts.max_retries
-                && t.spec.opts.streaming.is_none();
+                && t.may_retry();
             if retry {
                 self.queue.push_front(task);
             } else {
@@ -293,7 +327,7 @@ impl Scheduler {
             && self
                 .tasks
                 .get(&self.task_of_return(id))
-                .is_some_and(|t| t.worker.is_some())
+                .is_some_and(|t| !t.state.is_unstarted())
     }
 
     /// Removes a task that will not run from the task table.
