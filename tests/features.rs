@@ -361,6 +361,39 @@ fn max_calls_one_gives_a_new_process_per_task() {
         .all(|&p| !alive(p as i32))));
 }
 
+/// `f::options()` has every setter of `TaskOptions`, with the same arguments and the same
+/// effect: the generated options type forwards them (issue 11), it does not declare its own.
+#[test]
+fn remote_options_have_every_task_option() {
+    fn set(o: rayfork::TaskOptions) -> rayfork::TaskOptions {
+        o.max_retries(1)
+            .num_cpus(0.5)
+            .name("n")
+            .retry_exceptions(true)
+            .retry_exceptions_matching(["reset"])
+            .num_gpus(0.25)
+            .resource("db", 1.0)
+            .resources([("disk", 0.5), ("db", 2.0)])
+            .resources::<&str>([])
+            .backpressure(2)
+            .max_calls(3)
+    }
+    let forwarded = square::options()
+        .max_retries(1)
+        .num_cpus(0.5)
+        .name("n")
+        .retry_exceptions(true)
+        .retry_exceptions_matching(["reset"])
+        .num_gpus(0.25)
+        .resource("db", 1.0)
+        .resources([("disk", 0.5), ("db", 2.0)])
+        .resources::<&str>([])
+        .backpressure(2)
+        .max_calls(3);
+    let direct = set(rayfork::TaskOptions::default());
+    assert_eq!(format!("{forwarded:?}"), format!("Options({direct:?})"));
+}
+
 #[test]
 fn map_and_map_batched_keep_order() {
     let _w = watchdog("map_and_map_batched_keep_order", LIMIT);

@@ -140,7 +140,7 @@ pub fn cancel_with<T>(r: &ObjectRef<T>, mode: CancelMode) -> Result<CancelOutcom
 /// # fn main() {}
 /// ```
 pub fn is_cancelled() -> bool {
-    crate::worker::backend().is_some_and(|b| b.is_cancelled())
+    crate::client::process_backend().is_some_and(|b| b.is_cancelled())
 }
 
 /// Waits for `r` at most `timeout`; on [`Error::Timeout`] cancels the task (default

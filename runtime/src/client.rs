@@ -1,13 +1,16 @@
 //! The client side of the scheduler, shared by the driver and the workers: the `Backend` trait
-//! that the public API calls, id generation, reference-count queues, and the thread-local
-//! contexts that let `ObjectRef` and `Array` find their runtime while being (de)serialized.
+//! that the public API calls, id generation, reference-count queues, the process-wide backend
+//! slot that a worker process fills, and the thread-local contexts that let `ObjectRef` and
+//! `Array` find their runtime while being (de)serialized.
 //!
-//! Owns no state of the scheduler; it only speaks to it.
+//! Owns no state of the scheduler; it only speaks to it. It must not name the backends that
+//! implement `Backend` (the driver's in runtime.rs, the worker's in worker_loop.rs): they are
+//! handed to it (`set_current`, `install_process_backend`).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use rayfork_plasma::{Arena, Descriptor, ShmArena};
 
@@ -85,6 +88,16 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
     fn new_id(&self) -> Id;
     /// Values up to this size travel inline.
     fn inline_max(&self) -> usize;
+    /// True if the task running on top of this backend's stack has been cancelled (see
+    /// `rayfork::is_cancelled`); a backend that runs no tasks (the driver's) says false.
+    fn is_cancelled(&self) -> bool {
+        false
+    }
+    /// The GPU devices of the task running on top of this backend's stack (see
+    /// `rayfork::gpu_ids`); a backend that runs no tasks (the driver's) has none.
+    fn gpu_ids(&self) -> Vec<u32> {
+        Vec::new()
+    }
 }
 
 /// The error for an answer of the wrong kind. A failed request (the runtime shutting down)
@@ -182,6 +195,22 @@ pub(crate) fn resolved_bytes<'a>(arena: &'a ShmArena, r: &'a Resolved) -> Result
     }
 }
 
+/// The backend of this whole process, set once when the process becomes a worker.
+static PROCESS_BACKEND: OnceLock<BackendRef> = OnceLock::new();
+
+/// Makes `b` the backend of this process: the one every free function (`rayfork::put`,
+/// `f::remote`, `rayfork::is_cancelled`...) uses, from any thread, ahead of a thread's own
+/// runtime. The worker loop installs its connection to the scheduler here once, at start.
+/// Returns false, and changes nothing, if a backend was installed already.
+pub(crate) fn install_process_backend(b: BackendRef) -> bool {
+    PROCESS_BACKEND.set(b).is_ok()
+}
+
+/// The backend installed with `install_process_backend`: `Some` exactly in a worker process.
+pub(crate) fn process_backend() -> Option<&'static BackendRef> {
+    PROCESS_BACKEND.get()
+}
+
 thread_local! {
     static DECODE_CTX: RefCell<Vec<BackendRef>> = const { RefCell::new(Vec::new()) };
     static COLLECT: RefCell<Vec<Vec<Id>>> = const { RefCell::new(Vec::new()) };
@@ -238,8 +267,8 @@ pub(crate) fn set_current(b: &BackendRef) {
 
 /// The runtime that free functions use: the worker's own in a worker, else this thread's.
 pub(crate) fn current() -> Result<BackendRef> {
-    if let Some(w) = crate::worker::backend() {
-        return Ok(w);
+    if let Some(w) = process_backend() {
+        return Ok(w.clone());
     }
     if let Some(b) = DECODE_CTX.with(|c| c.borrow().last().cloned()) {
         return Ok(b);

@@ -41,6 +41,10 @@ pub(crate) const MAX_GPUS: f64 = 1024.0;
 /// How long a cancelled running task has to stop on its own before its worker is killed.
 pub(crate) const DEFAULT_CANCEL_GRACE: Duration = Duration::from_millis(100);
 
+/// Items a generator may have yielded and its caller not yet taken, by default (see
+/// `TaskOptions::backpressure`).
+pub(crate) const DEFAULT_BACKPRESSURE: u32 = 16;
+
 impl Default for Config {
     fn default() -> Self {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());

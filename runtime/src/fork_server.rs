@@ -3,7 +3,8 @@
 //!
 //! Owns the process layout of a runtime (see "Processes" in design.md): the role hook that runs
 //! before `main`, starting the fork server from the driver, forking workers, fate sharing, and
-//! reaping. It must not touch tasks or objects; a forked worker goes straight to `worker::run`.
+//! reaping, and the entry point of an external worker program (`worker_program_main`). It must
+//! not touch tasks or objects; a forked worker goes straight to `worker_loop::run`.
 //!
 //! Rules:
 //! 1. The driver never forks itself (it may have threads). It exec's a program (its own binary
@@ -39,7 +40,7 @@ use nix::unistd::{ForkResult, Pid, fork, getppid};
 
 use crate::protocol::{ExitCause, ForkReply, ForkRequest};
 use crate::shared_flags::SharedFlags;
-use crate::{Error, Result, ipc, worker};
+use crate::{Error, Result, ipc, worker_loop};
 
 const ROLE_VAR: &str = "RAYFORK_ROLE";
 const CTRL_VAR: &str = "RAYFORK_CTRL_FD";
@@ -64,7 +65,7 @@ extern "C" fn role_hook() {
 pub(crate) static ROLE_HOOK: extern "C" fn() = role_hook;
 
 /// Runs the role named in the environment, if any; never returns when one is set.
-/// `rayfork::worker::main` calls this too, for external worker programs.
+/// `worker_program_main` calls this too, for external worker programs.
 pub(crate) fn run_role() {
     let Some(role) = std::env::var_os(ROLE_VAR) else {
         return;
@@ -82,6 +83,26 @@ pub(crate) fn run_role() {
         2
     };
     std::process::exit(code);
+}
+
+/// The entry point of an external worker program (see `Config::worker_program`).
+///
+/// A binary whose `main` calls this can be used as the worker program of a runtime whose
+/// driver registers the same `#[remote]` functions: include the same modules in both (for
+/// example with `#[path]`); a function is found by its module path, without the crate name,
+/// when the full path differs. Run by hand, it explains itself and exits.
+///
+/// ```no_run
+/// // src/main.rs of a worker program:
+/// rayfork::worker::main()
+/// ```
+pub fn worker_program_main() {
+    run_role();
+    eprintln!(
+        "this is a rayfork worker program: a rayfork driver starts it \
+         (Config::worker_program); it does nothing on its own"
+    );
+    std::process::exit(2);
 }
 
 fn env_fd(var: &str) -> Result<OwnedFd> {
@@ -112,8 +133,8 @@ fn fork_server_from_env() -> Result<()> {
     let arena = env_fd(ARENA_VAR)?;
     let flags = env_fd(FLAGS_VAR)?;
     for var in [ROLE_VAR, CTRL_VAR, ARENA_VAR, FLAGS_VAR, PARENT_VAR] {
-        // SAFETY: we run before `main` (or at the top of `worker::main`) in a process that has
-        // started no thread, so nothing can read the environment concurrently.
+        // SAFETY: we run before `main` (or at the top of `worker_program_main`) in a process
+        // that has started no thread, so nothing can read the environment concurrently.
         unsafe { std::env::remove_var(var) };
     }
     let arena = std::sync::Arc::new(
@@ -301,7 +322,7 @@ fn spawn_worker(
             // Rule 5: stderr goes to the fork server (dup2 clears CLOEXEC on the new fd 2).
             let _ = nix::unistd::dup2_stderr(&err_write);
             drop(err_write);
-            let code = worker::run(
+            let code = worker_loop::run(
                 worker,
                 UnixStream::from(worker_end),
                 arena.clone(),

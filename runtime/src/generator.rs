@@ -34,9 +34,6 @@ use crate::protocol::Outcome;
 use crate::registry::Invocation;
 use crate::task::{ArgSpec, SubmitCx, TaskOptions, submit_call};
 
-/// Items a generator may have yielded and its caller not yet taken, by default.
-pub(crate) const DEFAULT_BACKPRESSURE: u32 = 16;
-
 /// The refs of a generator task's items, in the order it yielded them.
 ///
 /// Each `next()` waits for the next item (or the end) and gives `Ok(ref)`; if the task failed

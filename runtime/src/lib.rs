@@ -184,7 +184,13 @@ mod shared_flags;
 mod stats;
 mod task;
 mod timeline;
-pub mod worker;
+mod worker_loop;
+
+/// Worker processes: [`main`](crate::worker::main) is the entry point of an external worker
+/// program (see [`Config::worker_program`](crate::Config::worker_program)).
+pub mod worker {
+    pub use crate::fork_server::worker_program_main as main;
+}
 
 pub use actor::{ActorHandle, ActorOptions};
 pub use array::{Array, ArrayMut};
@@ -204,6 +210,7 @@ pub use timeline::{FunctionSummary, TaskSummary};
 /// Items the `#[remote]` macro expands to. Not a public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::__task_option_setters as task_option_setters;
     pub use crate::actor::{__store as actor_store, __with_state as actor_state};
     pub use crate::generator::{finish_stream, submit_stream};
     pub use crate::protocol::Outcome;

@@ -144,7 +144,7 @@ impl Runtime {
     /// Starts a runtime. Also makes it this thread's current runtime (for `f::remote` and
     /// [`put`](crate::put)).
     pub fn start(cfg: Config) -> Result<Runtime> {
-        if crate::worker::backend().is_some() {
+        if crate::client::process_backend().is_some() {
             return Err(Error::Runtime(
                 "a runtime cannot be started inside a task; use the caller's runtime".into(),
             ));

@@ -1,5 +1,6 @@
-//! Submitting tasks: per-call options, argument conversion, and the glue the `#[remote]` macro
-//! expands to (re-exported in `__private`).
+//! Submitting tasks: per-call options (their setters, written once in
+//! `__task_option_setters`, are also those of every `#[remote]` function's `Options`), argument
+//! conversion, and the glue the `#[remote]` macro expands to (re-exported in `__private`).
 //!
 //! Owns how a call becomes a `TaskSpec` in the caller and how a `Run` becomes a call in the
 //! worker. It must not talk to the scheduler except through `Backend`.
@@ -38,138 +39,183 @@ impl Default for TaskOptions {
 }
 
 impl TaskOptions {
-    /// For a generator (`#[remote(streaming)]`): at most `n` yielded items wait for the caller
-    /// to take them; the generator blocks (giving its CPU back) until the caller catches up
-    /// (default 16; 0: no limit). Ignored for other tasks.
-    pub fn backpressure(mut self, n: u32) -> Self {
-        if self.opts.streaming.is_some() {
-            self.opts.streaming = Some(n);
-        }
-        self
-    }
+    crate::__task_option_setters!(impl);
 
     #[doc(hidden)]
     pub fn __streaming(mut self) -> Self {
-        self.opts.streaming = Some(crate::generator::DEFAULT_BACKPRESSURE);
+        self.opts.streaming = Some(crate::config::DEFAULT_BACKPRESSURE);
         // Items already handed out cannot be taken back: a generator is not retried.
         self.opts.max_retries = 0;
         self
     }
-
-    /// How many times a task whose worker process dies is retried (default 3, as Ray; 0
-    /// disables retries).
-    pub fn max_retries(mut self, n: u32) -> Self {
-        self.opts.max_retries = n;
-        self
-    }
-
-    /// CPUs the task holds while it runs (default 1; fractions let small tasks share a CPU).
-    pub fn num_cpus(mut self, n: f64) -> Self {
-        self.opts.num_cpus = n;
-        self
-    }
-
-    /// The task's name in errors and traces (default: the function's path).
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.opts.name = Some(name.into());
-        self
-    }
-
-    /// Also retry (within `max_retries`) when the task returns `Err` or panics: every such
-    /// error with `true`. See [`retry_exceptions_matching`](Self::retry_exceptions_matching) to
-    /// retry only some.
-    pub fn retry_exceptions(mut self, yes: bool) -> Self {
-        self.opts.retry_exceptions = yes;
-        if !yes {
-            self.opts.retry_if_contains.clear();
-        }
-        self
-    }
-
-    /// GPUs the task holds while it runs (default 0; fractions allowed). Unlike CPUs they stay
-    /// held while the task is blocked in `get`, as in Ray. The runtime's total is
-    /// [`Config::num_gpus`](crate::Config::num_gpus). A fraction takes a share of one device,
-    /// one or more take whole devices; the task learns which from [`gpu_ids`].
-    pub fn num_gpus(mut self, n: f64) -> Self {
-        self.opts.num_gpus = n;
-        self
-    }
-
-    /// `amount` of the custom resource `name` that the task holds while it runs (replaces an
-    /// earlier amount of the same name). Held while blocked in `get`, like GPUs. The runtime's
-    /// totals are set with [`Config::resource`](crate::Config::resource).
-    pub fn resource(mut self, name: impl Into<String>, amount: f64) -> Self {
-        let name = name.into();
-        self.opts.resources.retain(|(n, _)| *n != name);
-        self.opts.resources.push((name, amount));
-        self
-    }
-
-    /// Several custom resources at once: `resources([("db", 1.0), ("disk", 0.5)])`.
-    pub fn resources<S: Into<String>>(mut self, list: impl IntoIterator<Item = (S, f64)>) -> Self {
-        for (name, amount) in list {
-            self = self.resource(name, amount);
-        }
-        self
-    }
-
-    /// Retire the worker process after it has run `n` tasks with this option (default 0:
-    /// never); `max_calls(1)` runs every call in a fresh process. For leaky or untrusted code.
-    pub fn max_calls(mut self, n: u32) -> Self {
-        self.opts.max_calls = n;
-        self
-    }
-
-    /// Retry (within `max_retries`) an `Err` or a panic only when its message (the `Err`'s
-    /// `Display` text, or the panic payload) contains one of `patterns`; other errors fail at
-    /// once.
-    ///
-    /// The predicate is a list of substrings rather than a closure because it travels with the
-    /// task: a task submitted from inside another task is decided by the scheduler in the
-    /// driver, which cannot call code from a worker's address space. The patterns are matched
-    /// case-sensitively; an empty list retries nothing.
-    ///
-    /// ```no_run
-    /// #[rayfork::remote]
-    /// fn fetch(url: String) -> Result<String, String> {
-    ///     Err(format!("connection reset while fetching {url}"))
-    /// }
-    ///
-    /// fn main() -> rayfork::Result<()> {
-    ///     let _rt = rayfork::Runtime::builder().start()?;
-    ///     let r = fetch::options()
-    ///         .max_retries(2)
-    ///         .retry_exceptions_matching(["connection reset", "timed out"])
-    ///         .remote("http://example.com".to_string());
-    ///     assert!(rayfork::get(&r).is_err()); // tried 3 times
-    ///     Ok(())
-    /// }
-    /// ```
-    pub fn retry_exceptions_matching<I, S>(mut self, patterns: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        let patterns: Vec<String> = patterns.into_iter().map(Into::into).collect();
-        self.opts.retry_exceptions = !patterns.is_empty();
-        self.opts.retry_if_contains = patterns;
-        self
-    }
 }
 
-/// True if a task with these options retries after `e` (attempts permitting): application
-/// errors only, and only those `retry_exceptions` selects.
-pub(crate) fn retries_error(opts: &TaskOpts, e: &Error) -> bool {
-    let message = match e {
-        Error::TaskFailed { message, .. } | Error::TaskPanicked { message, .. } => message,
-        _ => return false,
+/// The setters of [`TaskOptions`], written once: `__task_option_setters!(impl)` defines them on
+/// `TaskOptions` (just above), and `__task_option_setters!(forward)` (as
+/// `__private::task_option_setters`) in the `impl` of the options type that `#[remote]`
+/// generates for each function (a tuple struct around a `TaskOptions`) defines each as
+/// `Self(self.0.setter(..))`, with a doc that points here. A new option is a new item in the
+/// list below and nothing else.
+///
+/// Each item is a method written as usual, taking `mut self` and returning `Self`, in the forms
+/// the matcher knows: generic parameters as `<A: Bound, ..>`, a `where` clause as
+/// `where A: Bound, ..`, each argument a plain name. An optional `#[forward_doc = ".."]` after
+/// the docs is added to the forwarder's doc.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __task_option_setters {
+    ($mode:tt) => {
+        $crate::__task_option_setters! { @each $mode
+            /// For a generator (`#[remote(streaming)]`): at most `n` yielded items wait for the
+            /// caller to take them; the generator blocks (giving its CPU back) until the caller
+            /// catches up (default 16; 0: no limit). Ignored for other tasks.
+            #[forward_doc = " (generators only)"]
+            pub fn backpressure(mut self, n: u32) -> Self {
+                if self.opts.streaming.is_some() {
+                    self.opts.streaming = Some(n);
+                }
+                self
+            }
+
+            /// How many times a task whose worker process dies is retried (default 3, as Ray; 0
+            /// disables retries).
+            pub fn max_retries(mut self, n: u32) -> Self {
+                self.opts.max_retries = n;
+                self
+            }
+
+            /// CPUs the task holds while it runs (default 1; fractions let small tasks share a
+            /// CPU).
+            pub fn num_cpus(mut self, n: f64) -> Self {
+                self.opts.num_cpus = n;
+                self
+            }
+
+            /// The task's name in errors and traces (default: the function's path).
+            pub fn name(mut self, name: impl Into<String>) -> Self {
+                self.opts.name = Some(name.into());
+                self
+            }
+
+            /// Also retry (within `max_retries`) when the task returns `Err` or panics: every
+            /// such error with `true`. See
+            /// [`retry_exceptions_matching`](Self::retry_exceptions_matching) to retry only
+            /// some.
+            pub fn retry_exceptions(mut self, yes: bool) -> Self {
+                self.opts.retry_exceptions = yes;
+                if !yes {
+                    self.opts.retry_if_contains.clear();
+                }
+                self
+            }
+
+            /// GPUs the task holds while it runs (default 0; fractions allowed). Unlike CPUs
+            /// they stay held while the task is blocked in `get`, as in Ray. The runtime's total
+            /// is [`Config::num_gpus`](crate::Config::num_gpus). A fraction takes a share of one
+            /// device, one or more take whole devices; the task learns which from
+            /// [`gpu_ids`](crate::gpu_ids).
+            pub fn num_gpus(mut self, n: f64) -> Self {
+                self.opts.num_gpus = n;
+                self
+            }
+
+            /// `amount` of the custom resource `name` that the task holds while it runs
+            /// (replaces an earlier amount of the same name). Held while blocked in `get`, like
+            /// GPUs. The runtime's totals are set with
+            /// [`Config::resource`](crate::Config::resource).
+            pub fn resource(mut self, name: impl Into<String>, amount: f64) -> Self {
+                let name = name.into();
+                self.opts.resources.retain(|(n, _)| *n != name);
+                self.opts.resources.push((name, amount));
+                self
+            }
+
+            /// Several custom resources at once: `resources([("db", 1.0), ("disk", 0.5)])`.
+            pub fn resources<S: Into<String>>(
+                mut self,
+                list: impl IntoIterator<Item = (S, f64)>,
+            ) -> Self {
+                for (name, amount) in list {
+                    self = self.resource(name, amount);
+                }
+                self
+            }
+
+            /// Retire the worker process after it has run `n` tasks with this option (default 0:
+            /// never); `max_calls(1)` runs every call in a fresh process. For leaky or untrusted
+            /// code.
+            pub fn max_calls(mut self, n: u32) -> Self {
+                self.opts.max_calls = n;
+                self
+            }
+
+            /// Retry (within `max_retries`) an `Err` or a panic only when its message (the
+            /// `Err`'s `Display` text, or the panic payload) contains one of `patterns`; other
+            /// errors fail at once.
+            ///
+            /// The predicate is a list of substrings rather than a closure because it travels
+            /// with the task: a task submitted from inside another task is decided by the
+            /// scheduler in the driver, which cannot call code from a worker's address space.
+            /// The patterns are matched case-sensitively; an empty list retries nothing.
+            ///
+            /// ```no_run
+            /// #[rayfork::remote]
+            /// fn fetch(url: String) -> Result<String, String> {
+            ///     Err(format!("connection reset while fetching {url}"))
+            /// }
+            ///
+            /// fn main() -> rayfork::Result<()> {
+            ///     let _rt = rayfork::Runtime::builder().start()?;
+            ///     let r = fetch::options()
+            ///         .max_retries(2)
+            ///         .retry_exceptions_matching(["connection reset", "timed out"])
+            ///         .remote("http://example.com".to_string());
+            ///     assert!(rayfork::get(&r).is_err()); // tried 3 times
+            ///     Ok(())
+            /// }
+            /// ```
+            pub fn retry_exceptions_matching<I, S>(mut self, patterns: I) -> Self
+            where
+                I: IntoIterator<Item = S>,
+                S: Into<String>,
+            {
+                let patterns: Vec<String> = patterns.into_iter().map(Into::into).collect();
+                self.opts.retry_exceptions = !patterns.is_empty();
+                self.opts.retry_if_contains = patterns;
+                self
+            }
+        }
     };
-    opts.retry_exceptions
-        && (opts.retry_if_contains.is_empty()
-            || opts
-                .retry_if_contains
-                .iter()
-                .any(|p| message.contains(p.as_str())))
+    (@each $mode:tt $(
+        $(#[doc = $doc:literal])*
+        $(#[forward_doc = $note:literal])?
+        pub fn $name:ident $(<$($gen:ident $(: $gen_bound:path)?),* $(,)?>)?
+            (mut $this:tt $(, $arg:ident : $arg_ty:ty)* $(,)?) -> Self
+            $(where $($wc_ty:ty : $wc_bound:path),* $(,)?)?
+            $body:block
+    )*) => {
+        $(
+            $crate::__task_option_setters! { @one $mode
+                [$(#[doc = $doc])*] [$($note)?] $name
+                [$(<$($gen $(: $gen_bound)?),*>)?] [$this] [$($arg: $arg_ty),*]
+                [$(where $($wc_ty: $wc_bound),*)?] $body
+            }
+        )*
+    };
+    (@one impl [$($doc:tt)*] [$($note:literal)?] $name:ident
+        [$($generics:tt)*] [$this:tt] [$($arg:ident: $arg_ty:ty),*] [$($where:tt)*] $body:block
+    ) => {
+        $($doc)*
+        pub fn $name $($generics)* (mut $this, $($arg: $arg_ty),*) -> Self $($where)* $body
+    };
+    (@one forward [$($doc:tt)*] [$($note:literal)?] $name:ident
+        [$($generics:tt)*] [$this:tt] [$($arg:ident: $arg_ty:ty),*] [$($where:tt)*] $body:block
+    ) => {
+        #[doc = concat!("See [`rayfork::TaskOptions::", stringify!($name), "`]", $($note,)? ".")]
+        pub fn $name $($generics)* ($this, $($arg: $arg_ty),*) -> Self $($where)* {
+            Self($this.0.$name($($arg),*))
+        }
+    };
 }
 
 /// A value, or a ref to one, accepted where a task takes a `T`.
@@ -460,43 +506,5 @@ pub fn arg_error(e: Error) -> Outcome {
 /// # fn main() {}
 /// ```
 pub fn gpu_ids() -> Vec<u32> {
-    crate::worker::backend().map_or_else(Vec::new, |b| b.gpu_ids())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn failed(message: &str) -> Error {
-        Error::TaskFailed {
-            task: "t".into(),
-            message: message.into(),
-        }
-    }
-
-    #[test]
-    fn retry_exceptions_selects_errors() {
-        let none = TaskOptions::default().opts;
-        let all = TaskOptions::default().retry_exceptions(true).opts;
-        let some = TaskOptions::default()
-            .retry_exceptions_matching(["reset", "busy"])
-            .opts;
-        let crash = Error::WorkerCrashed {
-            task: "t".into(),
-            attempts: 1,
-            cause: "reset".into(),
-        };
-        assert!(!retries_error(&none, &failed("reset")));
-        assert!(retries_error(&all, &failed("anything")));
-        assert!(retries_error(&some, &failed("connection reset by peer")));
-        assert!(!retries_error(&some, &failed("bad input")));
-        // Only application errors: never a crash (rule 4) or a cancel (rule 6).
-        assert!(!retries_error(&all, &crash));
-        assert!(!retries_error(
-            &all,
-            &Error::TaskCancelled { task: "t".into() }
-        ));
-        let empty = TaskOptions::default().retry_exceptions_matching(Vec::<String>::new());
-        assert!(!retries_error(&empty.opts, &failed("reset")));
-    }
+    client::process_backend().map_or_else(Vec::new, |b| b.gpu_ids())
 }

@@ -348,41 +348,9 @@ fn expand(
             pub struct Options(::rayfork::TaskOptions);
 
             impl Options {
-                /// See [`rayfork::TaskOptions::max_retries`].
-                pub fn max_retries(self, n: u32) -> Self { Options(self.0.max_retries(n)) }
-                /// See [`rayfork::TaskOptions::num_cpus`].
-                pub fn num_cpus(self, n: f64) -> Self { Options(self.0.num_cpus(n)) }
-                /// See [`rayfork::TaskOptions::name`].
-                pub fn name(self, name: impl Into<String>) -> Self { Options(self.0.name(name)) }
-                /// See [`rayfork::TaskOptions::retry_exceptions`].
-                pub fn retry_exceptions(self, yes: bool) -> Self {
-                    Options(self.0.retry_exceptions(yes))
-                }
-                /// See [`rayfork::TaskOptions::retry_exceptions_matching`].
-                pub fn retry_exceptions_matching<I, S>(self, patterns: I) -> Self
-                where
-                    I: IntoIterator<Item = S>,
-                    S: Into<String>,
-                {
-                    Options(self.0.retry_exceptions_matching(patterns))
-                }
-                /// See [`rayfork::TaskOptions::num_gpus`].
-                pub fn num_gpus(self, n: f64) -> Self { Options(self.0.num_gpus(n)) }
-                /// See [`rayfork::TaskOptions::resource`].
-                pub fn resource(self, name: impl Into<String>, amount: f64) -> Self {
-                    Options(self.0.resource(name, amount))
-                }
-                /// See [`rayfork::TaskOptions::resources`].
-                pub fn resources<S: Into<String>>(
-                    self,
-                    list: impl IntoIterator<Item = (S, f64)>,
-                ) -> Self {
-                    Options(self.0.resources(list))
-                }
-                /// See [`rayfork::TaskOptions::backpressure`] (generators only).
-                pub fn backpressure(self, n: u32) -> Self { Options(self.0.backpressure(n)) }
-                /// See [`rayfork::TaskOptions::max_calls`].
-                pub fn max_calls(self, n: u32) -> Self { Options(self.0.max_calls(n)) }
+                // Every setter of `TaskOptions`, as `Self(self.0.setter(..))`.
+                #p::task_option_setters!(forward);
+
                 /// Submits a call with these options; returns a ref to the result (one ref
                 /// per element with `num_returns`).
                 pub fn remote(self, #(#args: impl ::rayfork::IntoArg<#arg_tys>),*) -> #ret_ty {
@@ -785,6 +753,23 @@ mod tests {
                 "#[remote({attr})] {item}"
             );
         }
+    }
+
+    #[test]
+    fn options_forward_the_setters_of_task_options() {
+        // The setters are written once, in rayfork's task.rs; the generated type only forwards.
+        let out = expand(
+            quote!(),
+            quote!(
+                fn f(x: u8) -> u8 {
+                    x
+                }
+            ),
+        )
+        .expect("expands")
+        .to_string();
+        assert!(out.contains("task_option_setters ! (forward)"), "{out}");
+        assert!(!out.contains("fn max_retries"), "{out}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use rayfork_plasma::ObjectId;
 
-use crate::protocol::{ActorCall, Arg, Id, Outcome, Payload, TaskSpec};
+use crate::protocol::{ActorCall, Arg, Id, Outcome, Payload, TaskOpts, TaskSpec};
 use crate::{Error, timeline};
 
 use super::Scheduler;
@@ -293,8 +293,8 @@ impl Scheduler {
             t.state = TaskState::Ready;
             self.events
                 .ended(task, &t.name, timeline::Outcome::of(&result));
-            let retry = matches!(&result, Err(e) if crate::task::retries_error(&t.spec.opts, e))
-                && t.may_retry();
+            let retry =
+                matches!(&result, Err(e) if retries_error(&t.spec.opts, e)) && t.may_retry();
             if retry {
                 self.queue.push_front(task);
             } else {
@@ -441,5 +441,59 @@ impl Scheduler {
             o.creator = None;
             self.release_memory(id, sealed);
         }
+    }
+}
+
+/// True if a task with these options retries after `e` (attempts permitting): application
+/// errors only, and only those `retry_exceptions` selects.
+fn retries_error(opts: &TaskOpts, e: &Error) -> bool {
+    let message = match e {
+        Error::TaskFailed { message, .. } | Error::TaskPanicked { message, .. } => message,
+        _ => return false,
+    };
+    opts.retry_exceptions
+        && (opts.retry_if_contains.is_empty()
+            || opts
+                .retry_if_contains
+                .iter()
+                .any(|p| message.contains(p.as_str())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TaskOptions;
+
+    fn failed(message: &str) -> Error {
+        Error::TaskFailed {
+            task: "t".into(),
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn retry_exceptions_selects_errors() {
+        let none = TaskOptions::default().opts;
+        let all = TaskOptions::default().retry_exceptions(true).opts;
+        let some = TaskOptions::default()
+            .retry_exceptions_matching(["reset", "busy"])
+            .opts;
+        let crash = Error::WorkerCrashed {
+            task: "t".into(),
+            attempts: 1,
+            cause: "reset".into(),
+        };
+        assert!(!retries_error(&none, &failed("reset")));
+        assert!(retries_error(&all, &failed("anything")));
+        assert!(retries_error(&some, &failed("connection reset by peer")));
+        assert!(!retries_error(&some, &failed("bad input")));
+        // Only application errors: never a crash (scheduler rule 4) or a cancel (rule 9).
+        assert!(!retries_error(&all, &crash));
+        assert!(!retries_error(
+            &all,
+            &Error::TaskCancelled { task: "t".into() }
+        ));
+        let empty = TaskOptions::default().retry_exceptions_matching(Vec::<String>::new());
+        assert!(!retries_error(&empty.opts, &failed("reset")));
     }
 }

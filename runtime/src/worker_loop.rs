@@ -3,7 +3,8 @@
 //! Owns the worker's side of the protocol (rules 1-2 in protocol.rs): run tasks, answer with
 //! their outcome, and serve the API (`get`, `remote`, `put`...) that tasks call, including
 //! running a nested task while the current one is blocked. It must not fork or touch the
-//! store's table; the arena is only read, or written at offsets the driver handed out.
+//! store's table; the arena is only read, or written at offsets the driver handed out. It does
+//! not know the fork server, which calls `run` in each child it forks.
 
 use std::collections::VecDeque;
 use std::io;
@@ -12,36 +13,16 @@ use std::os::unix::net::UnixStream;
 use nix::sys::socket::MsgFlags;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
 
 use rayfork_plasma::ShmArena;
 
-use crate::client::{Backend, IdGen, RefQueue};
+use crate::client::{self, Backend, BackendRef, IdGen, RefQueue};
 use crate::ipc::{FrameReader, FrameWriter};
 use crate::protocol::{FromWorker, Id, Outcome, Payload, ReturnValue, RunTask, TaskSpec, ToWorker};
 use crate::shared_flags::{self, SharedFlags};
 use crate::{Error, Result, ipc, registry};
-
-/// The entry point of an external worker program (see `Config::worker_program`).
-///
-/// A binary whose `main` calls this can be used as the worker program of a runtime whose
-/// driver registers the same `#[remote]` functions: include the same modules in both (for
-/// example with `#[path]`); a function is found by its module path, without the crate name,
-/// when the full path differs. Run by hand, it explains itself and exits.
-///
-/// ```no_run
-/// // src/main.rs of a worker program:
-/// rayfork::worker::main()
-/// ```
-pub fn main() {
-    crate::fork_server::run_role();
-    eprintln!(
-        "this is a rayfork worker program: a rayfork driver starts it \
-         (Config::worker_program); it does nothing on its own"
-    );
-    std::process::exit(2);
-}
 
 struct Conn {
     sock: UnixStream,
@@ -73,14 +54,8 @@ pub(crate) struct WorkerBackend {
     cuda_env: Mutex<CudaEnv>,
 }
 
-static BACKEND: OnceLock<Arc<WorkerBackend>> = OnceLock::new();
-
-/// The backend of this worker process, if this process is a worker.
-pub(crate) fn backend() -> Option<Arc<WorkerBackend>> {
-    BACKEND.get().cloned()
-}
-
-/// Runs the worker loop until the driver says `Exit` or hangs up; returns the exit code.
+/// Runs the worker loop until the driver says `Exit` or hangs up; returns the exit code. Makes
+/// its connection the process's backend (`client::install_process_backend`) first.
 pub(crate) fn run(
     slot: u32,
     sock: UnixStream,
@@ -110,7 +85,7 @@ pub(crate) fn run(
             warned: false,
         }),
     });
-    if BACKEND.set(backend.clone()).is_err() {
+    if !client::install_process_backend(backend.clone()) {
         return 3;
     }
     let hello = FromWorker::Hello {
@@ -289,7 +264,7 @@ impl WorkerBackend {
         };
         let mut views = Vec::with_capacity(args.len());
         for a in args {
-            match crate::client::payload_bytes(&self.arena, a) {
+            match client::payload_bytes(&self.arena, a) {
                 Ok(b) => views.push(b),
                 Err(e) => return Outcome::Err(e),
             }
@@ -299,11 +274,11 @@ impl WorkerBackend {
             name,
             task,
         };
-        let me: crate::client::BackendRef = match backend() {
-            Some(b) => b,
+        let me: BackendRef = match client::process_backend() {
+            Some(b) => b.clone(),
             None => return Outcome::Err(Error::NoRuntime),
         };
-        let call = || crate::client::with_decode_ctx(&me, || (f.call)(inv));
+        let call = || client::with_decode_ctx(&me, || (f.call)(inv));
         let outcome = match catch_unwind(AssertUnwindSafe(call)) {
             Ok(o) => o,
             Err(p) => Outcome::Err(Error::TaskPanicked {
@@ -359,21 +334,6 @@ impl WorkerBackend {
                  threads running in this process); tasks here must use rayfork::gpu_ids()",
                 self.slot
             );
-        }
-    }
-
-    /// The GPU devices of the running frame's task.
-    pub(crate) fn gpu_ids(&self) -> Vec<u32> {
-        self.gpus.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// True if the task running on top of this worker's stack has been cancelled.
-    pub(crate) fn is_cancelled(&self) -> bool {
-        match self.depth.load(Ordering::Relaxed) {
-            0 => false,
-            d => self
-                .flags
-                .is_raised(self.slot, d - 1, self.tag.load(Ordering::Relaxed)),
         }
     }
 
@@ -530,6 +490,22 @@ impl Backend for WorkerBackend {
 
     fn inline_max(&self) -> usize {
         self.inline_max
+    }
+
+    /// True if the task running on top of this worker's stack has been cancelled: one atomic
+    /// load of its flag in shared memory.
+    fn is_cancelled(&self) -> bool {
+        match self.depth.load(Ordering::Relaxed) {
+            0 => false,
+            d => self
+                .flags
+                .is_raised(self.slot, d - 1, self.tag.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// The GPU devices of the running frame's task.
+    fn gpu_ids(&self) -> Vec<u32> {
+        self.gpus.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
