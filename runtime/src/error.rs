@@ -119,6 +119,18 @@ pub enum Error {
     /// There is no runtime to talk to: none was started in this thread, or it has shut down.
     #[error("no rayfork runtime: start one with Runtime::builder().start() (or it has shut down)")]
     NoRuntime,
+    /// The runtime's scheduler thread panicked: a bug in rayfork, not in a task (tasks run in
+    /// worker processes). The runtime has stopped its workers and its fork server; every
+    /// call that was waiting and every later call on it returns this error. Start a new
+    /// runtime, and please report the message.
+    #[error(
+        "the rayfork scheduler thread panicked (a bug in rayfork, please report it): {message}; \
+         this runtime has stopped: start a new one"
+    )]
+    SchedulerPanicked {
+        /// The panic's message.
+        message: String,
+    },
     /// Starting or running the runtime failed at the OS level.
     #[error("runtime error: {0}")]
     Runtime(String),

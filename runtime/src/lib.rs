@@ -215,6 +215,7 @@ pub mod __private {
     pub use crate::generator::{finish_stream, submit_stream};
     pub use crate::protocol::Outcome;
     pub use crate::registry::{Invocation, REMOTE_FNS, RemoteFn};
+    pub use crate::runtime::inject_scheduler_panic;
     pub use crate::task::{
         ArgSpec, Returns, SubmitCx, arg_error, check_arity, decode_arg, encode_part, finish,
         finish_many, finish_result, submit, submit_many,

@@ -17,13 +17,15 @@ use crate::client::{Backend, BackendRef, IdGen};
 use crate::config::{Config, DEFAULT_INLINE_MAX};
 use crate::object_ref::{self, ObjectRef};
 use crate::protocol::{FromWorker, Id, TaskSpec, ToWorker};
-use crate::scheduler::{Doorbell, Event, Scheduler};
+use crate::scheduler::{Doorbell, Event, Health, Scheduler};
 use crate::stats::RuntimeStats;
 use crate::{Array, ArrayMut, CancelMode, CancelOutcome, Error, Result, TaskSummary};
 
 pub(crate) struct DriverBackend {
     tx: Sender<Event>,
     bell: Arc<Doorbell>,
+    /// Why the scheduler thread is gone, once it is.
+    health: Arc<Health>,
     arena: Arc<ShmArena>,
     ids: IdGen,
 }
@@ -36,7 +38,7 @@ impl std::fmt::Debug for DriverBackend {
 
 impl DriverBackend {
     fn send(&self, ev: Event) -> Result<()> {
-        self.tx.send(ev).map_err(|_| Error::NoRuntime)?;
+        self.tx.send(ev).map_err(|_| self.health.gone())?;
         self.bell.ring();
         Ok(())
     }
@@ -56,7 +58,7 @@ impl Backend for DriverBackend {
         // No spinning here: the scheduler thread and the workers spin (`ipc::spin`); a
         // spinning driver thread only took the CPU the fork server needed on 2 CPUs (a force
         // cancel took 2.1 ms instead of 0.6-0.9 ms) and did not shorten round trips.
-        rx.recv().map_err(|_| Error::NoRuntime)
+        rx.recv().map_err(|_| self.health.gone())
     }
 
     fn submit(&self, spec: TaskSpec) -> Result<()> {
@@ -158,13 +160,15 @@ impl Runtime {
         let (ready_tx, ready_rx) = channel();
         let sched_arena = arena.clone();
         let sched_bell = bell.clone();
+        let health = Arc::new(Health::default());
+        let sched_health = health.clone();
         let handle = std::thread::Builder::new()
             .name("rayfork-scheduler".into())
             .spawn(
                 move || match Scheduler::new(cfg, sched_arena, rx, sched_bell) {
                     Ok(s) => {
                         let _ = ready_tx.send(Ok(()));
-                        s.run();
+                        s.run(&sched_health);
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -186,6 +190,7 @@ impl Runtime {
         let backend = Arc::new(DriverBackend {
             tx,
             bell,
+            health,
             arena,
             ids: IdGen::new(0),
         });
@@ -286,7 +291,7 @@ impl Runtime {
     pub fn stats(&self) -> Result<RuntimeStats> {
         let (tx, rx) = channel();
         self.backend.send(Event::Stats(tx))?;
-        rx.recv().map_err(|_| Error::NoRuntime)
+        rx.recv().map_err(|_| self.backend.health.gone())
     }
 
     /// Writes the runs of recent tasks to `path` as a Chrome trace (JSON), to open in Perfetto
@@ -314,7 +319,7 @@ impl Runtime {
     pub fn timeline(&self, path: impl AsRef<std::path::Path>) -> Result<usize> {
         let (tx, rx) = channel();
         self.backend.send(Event::Timeline(tx))?;
-        let runs = rx.recv().map_err(|_| Error::NoRuntime)?;
+        let runs = rx.recv().map_err(|_| self.backend.health.gone())?;
         let path = path.as_ref();
         let write = || -> std::io::Result<usize> {
             let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
@@ -337,7 +342,13 @@ impl Runtime {
     pub fn summary(&self) -> Result<TaskSummary> {
         let (tx, rx) = channel();
         self.backend.send(Event::Summary(tx))?;
-        rx.recv().map_err(|_| Error::NoRuntime)
+        rx.recv().map_err(|_| self.backend.health.gone())
+    }
+
+    /// Makes the scheduler thread panic with `message`, to test the panic policy (a bug
+    /// stand-in). Not a public API: reached through `__private::inject_scheduler_panic`.
+    pub(crate) fn inject_scheduler_panic(&self, message: &str) -> Result<()> {
+        self.backend.send(Event::InjectPanic(message.to_string()))
     }
 
     /// Stops every process of the runtime and waits for them. Also done on drop.
@@ -357,4 +368,10 @@ impl Drop for Runtime {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Makes `rt`'s scheduler thread panic (tests of the panic policy only).
+#[doc(hidden)]
+pub fn inject_scheduler_panic(rt: &Runtime, message: &str) -> Result<()> {
+    rt.inject_scheduler_panic(message)
 }

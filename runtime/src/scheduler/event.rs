@@ -1,6 +1,7 @@
 //! How driver threads reach the scheduler thread: `Event`s on a channel and a `Doorbell`
 //! that wakes the loop. Must not touch scheduler state.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::sync::mpsc::Sender;
 
@@ -29,6 +30,32 @@ pub(crate) enum Event {
     Summary(Sender<TaskSummary>),
     /// Stop: kill the workers and the fork server and end the thread.
     Shutdown,
+    /// Panic on the scheduler thread, to test the panic policy (`__private`, tests only).
+    InjectPanic(String),
+}
+
+/// What driver threads learn when the scheduler thread is gone: why, if it panicked (set once,
+/// by `Scheduler::run`, before anything that waits on it is woken).
+#[derive(Debug, Default)]
+pub(crate) struct Health {
+    panic: OnceLock<String>,
+}
+
+impl Health {
+    /// Records the panic that ended the scheduler thread.
+    pub(super) fn set_panicked(&self, message: String) {
+        let _ = self.panic.set(message);
+    }
+
+    /// The error for a call that found the scheduler thread gone.
+    pub(crate) fn gone(&self) -> Error {
+        match self.panic.get() {
+            Some(message) => Error::SchedulerPanicked {
+                message: message.clone(),
+            },
+            None => Error::NoRuntime,
+        }
+    }
 }
 
 /// Wakes the scheduler thread when it sleeps in `poll`: an eventfd it polls beside the

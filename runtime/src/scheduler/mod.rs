@@ -1,7 +1,9 @@
 #![doc = include_str!("README.md")]
 
+use std::any::Any;
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, AsRawFd};
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::sync::atomic::{Ordering, fence};
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -46,7 +48,7 @@ mod resources;
 mod streams;
 mod tasks;
 
-pub(crate) use event::{Doorbell, Event};
+pub(crate) use event::{Doorbell, Event, Health};
 
 /// The scheduler thread's state: its parts, and the tables that several of them read.
 pub(crate) struct Scheduler {
@@ -138,9 +140,34 @@ impl Scheduler {
         Ok(s)
     }
 
+    /// Runs the loop until the runtime stops, with the panic policy of README.md ("The
+    /// runtime's own bugs"): a panic here is a bug in rayfork. It is reported once, recorded
+    /// in `health` so that every waiting and later call returns `Error::SchedulerPanicked`,
+    /// and the fork server and workers are stopped; nothing else of the (possibly half
+    /// updated) state is used.
+    pub(crate) fn run(mut self, health: &Health) {
+        match panic::catch_unwind(AssertUnwindSafe(|| self.serve())) {
+            Ok(()) => self.shutdown(),
+            Err(payload) => {
+                let message = panic_message(payload.as_ref());
+                eprintln!(
+                    "rayfork: the scheduler thread panicked, a bug in rayfork (please report \
+                     it): {message}. This runtime stops; its calls fail with \
+                     Error::SchedulerPanicked."
+                );
+                health.set_panicked(message);
+                // Closing the control socket makes the fork server kill and reap every
+                // worker; a second panic must not keep the waiters below from waking.
+                let _ = panic::catch_unwind(AssertUnwindSafe(|| self.fork.shutdown()));
+                // Dropping the scheduler drops the reply channels of every waiting request
+                // and of every event still queued: their callers wake with `health.gone()`.
+            }
+        }
+    }
+
     /// The scheduler thread's loop: take driver events and socket input, dispatch, send; spin
     /// a little when there is nothing to do (`ipc::spin_budget`), then sleep in `poll`.
-    pub(crate) fn run(mut self) {
+    fn serve(&mut self) {
         let mut last_work = Instant::now();
         'run: loop {
             let mut worked = false;
@@ -200,7 +227,6 @@ impl Scheduler {
             self.bell.drain();
             last_work = Instant::now();
         }
-        self.shutdown();
     }
 
     fn shutdown(&mut self) {
@@ -245,6 +271,7 @@ impl Scheduler {
                 );
             }
             Event::Shutdown => return false,
+            Event::InjectPanic(message) => panic!("{message}"),
         }
         true
     }
@@ -253,5 +280,17 @@ impl Scheduler {
         self.dispatch_ready();
         self.balance();
         self.pipeline();
+    }
+}
+
+/// The text of a panic's payload (a `&str` or a `String`, as `panic!` makes).
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    match (
+        payload.downcast_ref::<&str>(),
+        payload.downcast_ref::<String>(),
+    ) {
+        (Some(s), _) => (*s).to_string(),
+        (_, Some(s)) => s.clone(),
+        (None, None) => "a panic with a non-text payload".to_string(),
     }
 }

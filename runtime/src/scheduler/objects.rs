@@ -138,11 +138,16 @@ impl Scheduler {
     /// if its writer never sealed it.
     pub(super) fn release_memory(&mut self, id: Id, sealed: bool) {
         let oid = ObjectId::from_u128(id);
-        let _ = if sealed {
+        let released = if sealed {
             self.store.delete(oid)
         } else {
             self.store.abort(oid)
         };
+        // The directory says the store holds it: a refusal is a divergence, a bug.
+        debug_assert!(
+            released.is_ok(),
+            "the store refused to release {id:x} (sealed: {sealed}): {released:?}"
+        );
     }
 
     pub(super) fn create(
