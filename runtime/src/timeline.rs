@@ -21,7 +21,7 @@ pub(crate) const KEPT: usize = 100_000;
 
 /// How a run of a task, or the task, ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Outcome {
+pub(crate) enum RunEnd {
     /// It returned a value.
     Finished,
     /// It returned an error or panicked (or, for a task, could not run: a failed argument, a
@@ -33,23 +33,23 @@ pub(crate) enum Outcome {
     Crashed,
 }
 
-impl Outcome {
+impl RunEnd {
     /// The outcome of a result.
-    pub(crate) fn of<T>(result: &Result<T, Error>) -> Outcome {
+    pub(crate) fn of<T>(result: &Result<T, Error>) -> RunEnd {
         match result {
-            Ok(_) => Outcome::Finished,
-            Err(Error::TaskCancelled { .. }) => Outcome::Cancelled,
-            Err(Error::WorkerCrashed { .. }) => Outcome::Crashed,
-            Err(_) => Outcome::Failed,
+            Ok(_) => RunEnd::Finished,
+            Err(Error::TaskCancelled { .. }) => RunEnd::Cancelled,
+            Err(Error::WorkerCrashed { .. }) => RunEnd::Crashed,
+            Err(_) => RunEnd::Failed,
         }
     }
 
     fn as_str(self) -> &'static str {
         match self {
-            Outcome::Finished => "finished",
-            Outcome::Failed => "failed",
-            Outcome::Cancelled => "cancelled",
-            Outcome::Crashed => "crashed",
+            RunEnd::Finished => "finished",
+            RunEnd::Failed => "failed",
+            RunEnd::Cancelled => "cancelled",
+            RunEnd::Crashed => "crashed",
         }
     }
 }
@@ -67,7 +67,7 @@ pub(crate) struct Run {
     pid: i32,
     depth: usize,
     /// `None` for a run still in progress (in a snapshot).
-    outcome: Option<Outcome>,
+    outcome: Option<RunEnd>,
 }
 
 /// A task not finished yet.
@@ -81,7 +81,7 @@ struct Open {
 
 impl Open {
     /// Its current run (if any) as it stands at `now`; `outcome: None` while in progress.
-    fn run(&self, task: Id, name: String, now: u64, outcome: Option<Outcome>) -> Option<Run> {
+    fn run(&self, task: Id, name: String, now: u64, outcome: Option<RunEnd>) -> Option<Run> {
         let (started, pid, depth) = self.running?;
         Some(Run {
             task,
@@ -242,7 +242,7 @@ impl Events {
     }
 
     /// A run ended.
-    pub(crate) fn ended(&mut self, task: Id, name: &str, outcome: Outcome) {
+    pub(crate) fn ended(&mut self, task: Id, name: &str, outcome: RunEnd) {
         let now = self.now();
         let Some(o) = self.open.get_mut(&task).filter(|o| o.running.is_some()) else {
             return;
@@ -270,7 +270,7 @@ impl Events {
 
     /// The task (a call of function `func`, named `name`) is done for good, or was dropped
     /// unstarted (`None`).
-    pub(crate) fn finished(&mut self, task: Id, func: &str, name: &str, outcome: Option<Outcome>) {
+    pub(crate) fn finished(&mut self, task: Id, func: &str, name: &str, outcome: Option<RunEnd>) {
         let now = self.now();
         let Some(o) = self.open.remove(&task) else {
             return;
@@ -281,10 +281,10 @@ impl Events {
             return;
         };
         match outcome {
-            Outcome::Finished => c.finished += 1,
-            Outcome::Failed => c.failed += 1,
-            Outcome::Cancelled => c.cancelled += 1,
-            Outcome::Crashed => c.crashed += 1,
+            RunEnd::Finished => c.finished += 1,
+            RunEnd::Failed => c.failed += 1,
+            RunEnd::Cancelled => c.cancelled += 1,
+            RunEnd::Crashed => c.crashed += 1,
         }
         if o.attempts == 0 {
             // Never ran: a run of no length, so that the timeline shows it.
@@ -378,7 +378,7 @@ pub(crate) fn write_trace(runs: &[Run], out: &mut impl Write) -> io::Result<usiz
             r.task,
             r.attempt,
             r.submitted,
-            r.outcome.map_or("running", Outcome::as_str),
+            r.outcome.map_or("running", RunEnd::as_str),
         );
         match r.started {
             Some(start) => write!(
@@ -422,13 +422,13 @@ mod tests {
         let mut e = Events::new();
         e.submitted(1);
         e.started(1, 100, 0);
-        e.ended(1, "f", Outcome::Crashed);
+        e.ended(1, "f", RunEnd::Crashed);
         e.retried("f");
         e.started(1, 101, 0);
-        e.ended(1, "f", Outcome::Finished);
-        e.finished(1, "f", "f", Some(Outcome::Finished));
+        e.ended(1, "f", RunEnd::Finished);
+        e.finished(1, "f", "f", Some(RunEnd::Finished));
         e.submitted(2);
-        e.finished(2, "g", "g", Some(Outcome::Cancelled));
+        e.finished(2, "g", "g", Some(RunEnd::Cancelled));
         e.submitted(3);
         e.started(3, 100, 1);
         let s = e.summary(|id| (id == 3).then(|| "h".to_string()));
@@ -470,7 +470,7 @@ mod tests {
         let mut e = Events::new();
         for id in 0..(KEPT as Id + 10) {
             e.submitted(id);
-            e.finished(id, "f", "f", Some(Outcome::Failed));
+            e.finished(id, "f", "f", Some(RunEnd::Failed));
         }
         assert_eq!(e.runs.len(), KEPT);
         assert_eq!(e.runs.front().map(|r| r.task), Some(10));

@@ -4,12 +4,12 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use crate::protocol::{Id, Payload};
+use crate::protocol::{Id, ReturnValue};
 use crate::{CancelOutcome, Error};
 
 use super::Scheduler;
 use super::requests::Deadline;
-use super::tasks::TaskState;
+use super::tasks::{Task, TaskState};
 
 /// What the scheduler keeps for cancellation (rule 9). The flags a task polls live in
 /// `Scheduler::flags`.
@@ -65,9 +65,7 @@ impl Scheduler {
         let Some(t) = self.tasks.get(&id) else {
             return;
         };
-        let err = Error::TaskCancelled {
-            task: t.name.clone(),
-        };
+        let err = t.cancelled_error();
         let slot = match t.state {
             TaskState::WaitingArgs { .. } | TaskState::Ready => {
                 // Not started (waiting for its arguments, in the queue, or waiting for a
@@ -139,63 +137,28 @@ impl Scheduler {
         self.on_hangup(slot);
     }
 
-    /// Decides the fate of `task`, lost with worker `slot`, when cancellation is involved; false
-    /// leaves it to the crash rule (rule 4).
-    pub(super) fn cancel_on_death(&mut self, slot: u32, task: Id) -> bool {
-        let cancelled = self
-            .tasks
-            .get(&task)
-            .is_some_and(|t| t.state.is_cancel_requested());
-        let killed = self.cancel.killed.contains(&slot);
-        if !cancelled && !killed {
-            return false;
-        }
-        let Some(t) = self.tasks.get_mut(&task) else {
-            return true;
-        };
-        t.state = TaskState::Ready;
-        if cancelled {
-            let err = Error::TaskCancelled {
-                task: t.name.clone(),
-            };
-            self.finish_task(task, Err(err));
-        } else {
-            // An innocent frame on a worker killed for another task's cancel: resubmitted as
-            // after a crash, without using up one of its attempts.
-            t.attempts = t.attempts.saturating_sub(1);
-            self.reset_returns(task);
-            self.queue.push_front(task);
-        }
-        true
-    }
-
     /// The result of a task that returned: `TaskCancelled` if it was cancelled meanwhile,
     /// whatever it returned (dropping the references its value held).
-    #[allow(clippy::type_complexity)]
     pub(super) fn cancelled_result(
         &mut self,
         task: Id,
-        result: Result<Vec<(Payload, Vec<Id>)>, Error>,
-    ) -> Result<Vec<(Payload, Vec<Id>)>, Error> {
-        let cancelled = self
+        result: Result<Vec<ReturnValue>, Error>,
+    ) -> Result<Vec<ReturnValue>, Error> {
+        let Some(err) = self
             .tasks
             .get(&task)
-            .is_some_and(|t| t.state.is_cancel_requested());
-        if !cancelled {
+            .filter(|t| t.state.is_cancel_requested())
+            .map(Task::cancelled_error)
+        else {
             return result;
-        }
+        };
         if let Ok(values) = result {
-            for (_, contained) in values {
-                for c in contained {
+            for value in values {
+                for c in value.contained {
                     self.add_ref(c, -1);
                 }
             }
         }
-        let name = self
-            .tasks
-            .get(&task)
-            .map(|t| t.name.clone())
-            .unwrap_or_default();
-        Err(Error::TaskCancelled { task: name })
+        Err(err)
     }
 }

@@ -13,9 +13,7 @@ impl Scheduler {
     pub(super) fn dispatch_ready(&mut self) {
         if !self.fork.is_alive() && !self.queue.is_empty() {
             // Nothing can run any more (the fork server's death failed what was queued then).
-            for t in std::mem::take(&mut self.queue) {
-                self.finish_task(t, Err(Error::Runtime("the fork server died".into())));
-            }
+            self.fail_queue_no_fork_server();
         }
         self.dispatch_actors();
         // Rule 1: resumptions first.
@@ -148,7 +146,7 @@ impl Scheduler {
     pub(super) fn start_task(&mut self, slot: u32, id: Id, cpus: f64) {
         let mut run = match self.run_message(id) {
             Ok(run) => run,
-            Err(e) => return self.finish_task_as(id, Err(e), timeline::Outcome::Failed),
+            Err(e) => return self.finish_task_as(id, Err(e), timeline::RunEnd::Failed),
         };
         let t = self.tasks.get_mut(&id).expect("run_message found it");
         t.attempts += 1;

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use crate::protocol::{ExitCause, ForkReply, ForkRequest, Id};
+use crate::protocol::{ExitCause, ForkReply, ForkRequest};
 use crate::{Error, fork_server, ipc};
 
 use super::Scheduler;
@@ -161,9 +161,12 @@ impl Scheduler {
         for slot in slots {
             self.on_worker_death(slot, ExitCause::Signal(libc::SIGKILL));
         }
-        // Nothing can run any more: fail what is queued.
-        let queued: Vec<Id> = self.queue.drain(..).collect();
-        for t in queued {
+        self.fail_queue_no_fork_server();
+    }
+
+    /// Nothing can run any more: fails what is queued.
+    pub(super) fn fail_queue_no_fork_server(&mut self) {
+        for t in std::mem::take(&mut self.queue) {
             self.finish_task(t, Err(Error::Runtime("the fork server died".into())));
         }
     }

@@ -14,7 +14,7 @@ use crate::Error;
 use crate::protocol::{FromWorker, ToWorker};
 
 use super::Scheduler;
-use super::messages::{Client, ClientKey};
+use super::messages::Requester;
 use super::pool::Link;
 
 /// The epoll tokens of the fork server's socket and the doorbell; a worker's is its slot.
@@ -143,7 +143,7 @@ impl Scheduler {
                 return false;
             }
             match w.reader.next::<FromWorker>() {
-                Ok(Some(msg)) => self.on_message(Client::Worker(slot), msg),
+                Ok(Some(msg)) => self.on_message(Requester::Worker(slot), msg),
                 Ok(None) => break,
                 Err(e) => {
                     self.kill_worker(slot, &format!("unreadable message: {e}"));
@@ -203,12 +203,13 @@ impl Scheduler {
         self.io.mark_unflushed(slot);
     }
 
-    pub(super) fn reply(&mut self, client: &ClientKey, msg: ToWorker) {
+    pub(super) fn reply(&mut self, client: &Requester, msg: ToWorker) {
         match client {
-            ClientKey::Driver(tx) => {
+            Requester::Driver(None) => {}
+            Requester::Driver(Some(tx)) => {
                 let _ = tx.send(msg);
             }
-            ClientKey::Worker(slot) => self.send_to(*slot, &msg),
+            Requester::Worker(slot) => self.send_to(*slot, &msg),
         }
     }
 }

@@ -9,23 +9,36 @@ use super::Scheduler;
 use super::objects::{ObjState, Object};
 use super::requests::RequestKind;
 
-pub(super) enum Client {
+/// Who sent a message, and where its answer goes.
+#[derive(Clone)]
+pub(super) enum Requester {
+    /// A driver thread: `Some` channel for a request that waits for its answer there.
     Driver(Option<Sender<ToWorker>>),
+    /// The worker in this slot, answered on its socket.
     Worker(u32),
 }
 
-#[derive(Clone)]
-pub(super) enum ClientKey {
-    Driver(Sender<ToWorker>),
-    Worker(u32),
+impl Requester {
+    /// The worker's slot; `None` for the driver.
+    pub(super) fn slot(&self) -> Option<u32> {
+        match self {
+            Requester::Worker(s) => Some(*s),
+            Requester::Driver(_) => None,
+        }
+    }
+
+    /// This requester, if it waits for an answer (a driver's one-way message does not).
+    fn awaiting(self) -> Option<Requester> {
+        match self {
+            Requester::Driver(None) => None,
+            r => Some(r),
+        }
+    }
 }
 
 impl Scheduler {
-    pub(super) fn on_message(&mut self, client: Client, msg: FromWorker) {
-        let slot = match &client {
-            Client::Worker(s) => Some(*s),
-            Client::Driver(_) => None,
-        };
+    pub(super) fn on_message(&mut self, client: Requester, msg: FromWorker) {
+        let slot = client.slot();
         // Whatever an actor's worker says may free it for its next call.
         if let Some(a) = slot
             .and_then(|s| self.pool.workers.get(&s))
@@ -33,13 +46,6 @@ impl Scheduler {
         {
             self.mark_actor(a);
         }
-        let key = |client: Client| -> Option<ClientKey> {
-            match client {
-                Client::Driver(Some(tx)) => Some(ClientKey::Driver(tx)),
-                Client::Driver(None) => None,
-                Client::Worker(s) => Some(ClientKey::Worker(s)),
-            }
-        };
         match msg {
             FromWorker::Hello { worker, pid } => {
                 let Some(slot) = slot else { return };
@@ -81,14 +87,14 @@ impl Scheduler {
                 self.own(slot, id, 1);
             }
             FromWorker::Create { id, size } => {
-                let Some(k) = key(client) else { return };
+                let Some(k) = client.awaiting() else { return };
                 let r = self.create(slot, id, size);
                 self.reply(&k, ToWorker::Created(r));
             }
             FromWorker::Seal { id, contained } => self.seal(slot, id, contained),
             FromWorker::Abort { id } => self.abort(slot, id),
             FromWorker::Get { ids, timeout_ms } => {
-                let Some(k) = key(client) else { return };
+                let Some(k) = client.awaiting() else { return };
                 self.request(k, ids, RequestKind::Get, timeout_ms);
             }
             FromWorker::Wait {
@@ -96,7 +102,7 @@ impl Scheduler {
                 num_ready,
                 timeout_ms,
             } => {
-                let Some(k) = key(client) else { return };
+                let Some(k) = client.awaiting() else { return };
                 let need = num_ready.min(ids.len());
                 self.request(k, ids, RequestKind::Wait { need }, timeout_ms);
             }
@@ -110,7 +116,7 @@ impl Scheduler {
                 self.on_yield(slot, task, item);
             }
             FromWorker::NextItem { stream, index } => {
-                let Some(k) = key(client) else { return };
+                let Some(k) = client.awaiting() else { return };
                 self.request(k, vec![stream], RequestKind::Next { index }, None);
             }
             FromWorker::Cancel {
@@ -119,7 +125,7 @@ impl Scheduler {
                 recursive,
                 grace_ms,
             } => {
-                let Some(k) = key(client) else { return };
+                let Some(k) = client.awaiting() else { return };
                 let r = self.cancel(id, force, recursive, grace_ms);
                 self.reply(&k, ToWorker::CancelReply(r));
             }

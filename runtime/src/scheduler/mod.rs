@@ -23,7 +23,7 @@ use self::actors::ActorTable;
 use self::cancel::Cancels;
 use self::fork_link::ForkLink;
 use self::io::{Io, Sleep};
-use self::messages::{Client, ClientKey};
+use self::messages::Requester;
 use self::objects::Object;
 use self::pipeline::Lanes;
 use self::pool::Pool;
@@ -240,7 +240,7 @@ impl Scheduler {
         let ids: Vec<u64> = self.requests.keys().copied().collect();
         for rid in ids {
             if let Some(req) = self.requests.remove(&rid) {
-                if let ClientKey::Driver(tx) = req.client {
+                if let Requester::Driver(Some(tx)) = req.client {
                     let _ = tx.send(ToWorker::GetReply(Err(Error::NoRuntime)));
                 }
             }
@@ -249,7 +249,7 @@ impl Scheduler {
 
     fn handle(&mut self, ev: Event) -> bool {
         match ev {
-            Event::Driver { msg, reply } => self.on_message(Client::Driver(reply), msg),
+            Event::Driver { msg, reply } => self.on_message(Requester::Driver(reply), msg),
             Event::Stats(tx) => {
                 let mut s = self.stats;
                 s.store = self.store.stats();

@@ -267,7 +267,7 @@ impl Scheduler {
                         // A task whose argument failed fails with that error, unrun.
                         if self.tasks.get(&t).is_some_and(|t| t.state.is_unstarted()) {
                             self.queue.retain(|&q| q != t);
-                            self.finish_task_as(t, Err(err.clone()), timeline::Outcome::Failed);
+                            self.finish_task_as(t, Err(err.clone()), timeline::RunEnd::Failed);
                         }
                         continue;
                     }

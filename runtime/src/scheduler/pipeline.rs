@@ -119,7 +119,7 @@ impl Scheduler {
     pub(super) fn queue_on(&mut self, slot: u32, id: Id, cpus: f64) {
         let run = match self.run_message(id) {
             Ok(run) => run,
-            Err(e) => return self.finish_task_as(id, Err(e), timeline::Outcome::Failed),
+            Err(e) => return self.finish_task_as(id, Err(e), timeline::RunEnd::Failed),
         };
         let Some(w) = self.pool.workers.get_mut(&slot) else {
             return;

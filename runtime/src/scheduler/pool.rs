@@ -9,12 +9,12 @@ use rayfork_plasma::ClientId;
 use crate::idmap::IdMap;
 use crate::ipc::{FrameReader, FrameWriter};
 use crate::protocol::{ExitCause, Id, ToWorker};
-use crate::{Error, shared_flags, timeline};
+use crate::{shared_flags, timeline};
 
 use super::Scheduler;
 use super::pipeline::Queued;
 use super::resources::{EPS, Held};
-use super::tasks::TaskState;
+use super::tasks::{AfterLoss, TaskState};
 
 pub(super) struct Frame {
     pub(super) task: Id,
@@ -324,6 +324,9 @@ impl Scheduler {
         self.on_hangup(slot);
     }
 
+    /// Worker `slot` is dead (its exit came from the fork server, or the fork server is gone):
+    /// everything it held goes back and every task on it is settled (scheduler rule 4), in
+    /// this order.
     pub(super) fn on_worker_death(&mut self, slot: u32, cause: ExitCause) {
         let Some(mut w) = self.pool.remove(slot) else {
             return;
@@ -332,120 +335,18 @@ impl Scheduler {
         if let Some(stream) = w.close() {
             self.io.forget(&stream);
         }
-        // Rule 11: a task started from its queue that it never claimed (it died between the
-        // `Done` before it and the claim) never ran: it goes back with the queued ones.
-        let unclaimed = w.stack.len() == 1
-            && w.stack[0]
-                .claim
-                .is_some_and(|(cell, ticket)| self.flags.take(cell, ticket));
-        if unclaimed {
-            let f = w.stack.pop().expect("one frame");
-            self.events.unstarted(f.task);
-            self.stats.pipelined = self.stats.pipelined.saturating_sub(1);
-            self.lanes.add_queued(1);
-            self.res.give_cpus(f.cpus);
-            if let Some(t) = self.tasks.get_mut(&f.task) {
-                t.attempts = t.attempts.saturating_sub(1);
-            }
-            w.queued.push_front(Queued {
-                task: f.task,
-                seq: f.mark,
-                ticket: 0,
-                cpus: f.cpus,
-            });
-        }
+        self.reclaim_unclaimed(&mut w);
         if w.phase() == Phase::Exiting {
             self.stats.workers_retired += 1;
         } else {
             self.stats.workers_died += 1;
         }
-        self.resume.retain(|&s| s != slot);
-        for f in &w.stack {
-            if let Some(rid) = f.blocked {
-                self.requests.remove(&rid);
-            }
-        }
-        // Only a running top frame holds CPUs (rule 1).
-        if let Some(top) = w.stack.last() {
-            if top.blocked.is_none() {
-                self.res.give_cpus(top.cpus);
-            }
-        }
-        // Every frame holds its GPUs and custom resources (rule 1).
-        for f in &w.stack {
-            self.res.release(&f.other);
-        }
+        self.release_stack(slot, &w);
         let crash = self.crash_cause(w.pid, cause);
-        for f in &w.stack {
-            let name = self.tasks.get(&f.task).map_or("", |t| t.name.as_str());
-            let cancelled = self
-                .tasks
-                .get(&f.task)
-                .is_some_and(|t| t.state.is_cancel_requested());
-            let outcome = if cancelled {
-                timeline::Outcome::Cancelled
-            } else {
-                timeline::Outcome::Crashed
-            };
-            self.events.ended(f.task, name, outcome);
-        }
-        if let Some(lane) = w.lane {
-            self.lanes.give_back(lane);
-        }
-        // Rule 11: its queued tasks never started; they go back in order, no attempt used.
-        self.lanes.remove_queued(w.queued.len());
-        for q in w.queued.iter().rev() {
-            let Some(t) = self.tasks.get_mut(&q.task) else {
-                continue;
-            };
-            t.state = TaskState::Ready;
-            let cancelled = self.cancel.on_start.remove(&q.task).is_some();
-            if cancelled {
-                let err = Error::TaskCancelled {
-                    task: t.name.clone(),
-                };
-                self.finish_task(q.task, Err(err));
-            } else {
-                self.requeue_front(q.task);
-            }
-        }
-        if let Some(actor) = w.actor {
-            // A cancelled call resolves as cancelled (rule 9); the others die with the actor.
-            for f in &w.stack {
-                let cancelled = self
-                    .tasks
-                    .get(&f.task)
-                    .is_some_and(|t| t.state.is_cancel_requested());
-                if cancelled {
-                    self.cancel_on_death(slot, f.task);
-                }
-            }
-            self.actor_worker_died(actor, &w.stack, &crash);
-        }
-        // Rule 4: retry or fail every task on its stack.
-        for f in w.stack.iter().rev().filter(|_| w.actor.is_none()) {
-            if self.cancel_on_death(slot, f.task) {
-                continue;
-            }
-            let Some(t) = self.tasks.get_mut(&f.task) else {
-                continue;
-            };
-            t.state = TaskState::Ready;
-            if t.may_retry() {
-                self.events.retried(&t.spec.func);
-                self.reset_returns(f.task);
-                self.queue.push_front(f.task);
-            } else {
-                let err = Error::WorkerCrashed {
-                    task: t.name.clone(),
-                    attempts: t.attempts,
-                    cause: crash.clone(),
-                };
-                self.finish_task(f.task, Err(err));
-            }
-        }
+        self.requeue_queued(&w);
+        self.settle_stack(slot, &w, &crash);
         self.cancel.killed.remove(&slot);
-        for (id, n) in w.held {
+        for (&id, &n) in w.held.iter() {
             if n != 0 {
                 self.add_ref(id, -n);
             }
@@ -455,6 +356,107 @@ impl Scheduler {
         if w.actor.is_none() && self.pool.size() < self.cfg.initial_workers() {
             self.spawn_worker();
         }
+    }
+
+    /// Rule 11: a task started from the dead worker's queue that it never claimed (it died
+    /// between the `Done` before it and the claim) never ran: it goes back to the queued ones,
+    /// with its attempt and CPUs given back.
+    fn reclaim_unclaimed(&mut self, w: &mut Worker) {
+        let unclaimed = w.stack.len() == 1
+            && w.stack[0]
+                .claim
+                .is_some_and(|(cell, ticket)| self.flags.take(cell, ticket));
+        if !unclaimed {
+            return;
+        }
+        let Some(f) = w.stack.pop() else { return };
+        self.events.unstarted(f.task);
+        debug_assert!(self.stats.pipelined > 0, "pipelined count drift");
+        self.stats.pipelined = self.stats.pipelined.saturating_sub(1);
+        self.lanes.add_queued(1);
+        self.res.give_cpus(f.cpus);
+        if let Some(t) = self.tasks.get_mut(&f.task) {
+            debug_assert!(t.attempts > 0, "a started task with no attempt");
+            t.attempts = t.attempts.saturating_sub(1);
+        }
+        w.queued.push_front(Queued {
+            task: f.task,
+            seq: f.mark,
+            ticket: 0,
+            cpus: f.cpus,
+        });
+    }
+
+    /// Gives back what the dead worker's frames held (rule 1: the CPUs of a running top frame,
+    /// every frame's GPUs and custom resources), drops their requests, and ends their runs in
+    /// the timeline.
+    fn release_stack(&mut self, slot: u32, w: &Worker) {
+        self.resume.retain(|&s| s != slot);
+        for f in &w.stack {
+            if let Some(rid) = f.blocked {
+                self.requests.remove(&rid);
+            }
+        }
+        if let Some(top) = w.stack.last() {
+            if top.blocked.is_none() {
+                self.res.give_cpus(top.cpus);
+            }
+        }
+        for f in &w.stack {
+            self.res.release(&f.other);
+        }
+        for f in &w.stack {
+            let Some(t) = self.tasks.get(&f.task) else {
+                self.events.ended(f.task, "", timeline::RunEnd::Crashed);
+                continue;
+            };
+            let outcome = if t.state.is_cancel_requested() {
+                timeline::RunEnd::Cancelled
+            } else {
+                timeline::RunEnd::Crashed
+            };
+            self.events.ended(f.task, &t.name, outcome);
+        }
+    }
+
+    /// Rule 11: the dead worker's queued tasks never started; they go back in order, no
+    /// attempt used (or resolve as cancelled if a cancel waited for them to start).
+    fn requeue_queued(&mut self, w: &Worker) {
+        if let Some(lane) = w.lane {
+            self.lanes.give_back(lane);
+        }
+        self.lanes.remove_queued(w.queued.len());
+        for q in w.queued.iter().rev() {
+            let Some(t) = self.tasks.get_mut(&q.task) else {
+                continue;
+            };
+            t.state = TaskState::Ready;
+            if self.cancel.on_start.remove(&q.task).is_some() {
+                let err = t.cancelled_error();
+                self.finish_task(q.task, Err(err));
+            } else {
+                self.requeue_front(q.task);
+            }
+        }
+    }
+
+    /// Settles every task of the dead worker's stack: rule 4 (retry or fail, cancellation
+    /// first) for a pool worker, rule 8 for an actor's.
+    fn settle_stack(&mut self, slot: u32, w: &Worker, crash: &str) {
+        let Some(actor) = w.actor else {
+            for f in w.stack.iter().rev() {
+                let verdict = self.loss_of(slot, f.task);
+                self.settle_loss(f.task, verdict, crash);
+            }
+            return;
+        };
+        // A cancelled call resolves as cancelled (rule 9); the others die with the actor.
+        for f in &w.stack {
+            if let verdict @ AfterLoss::Cancelled = self.loss_of(slot, f.task) {
+                self.settle_loss(f.task, verdict, crash);
+            }
+        }
+        self.actor_worker_died(actor, &w.stack, crash);
     }
 
     /// After a frame left a worker: resume the frame below, or start its next queued task

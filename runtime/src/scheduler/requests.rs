@@ -9,7 +9,7 @@ use crate::Error;
 use crate::protocol::{Id, ToWorker};
 
 use super::Scheduler;
-use super::messages::ClientKey;
+use super::messages::Requester;
 use super::objects::{ObjState, Waiting};
 use super::streams::Stream;
 
@@ -27,7 +27,7 @@ pub(super) enum RequestKind {
 }
 
 pub(super) struct Request {
-    pub(super) client: ClientKey,
+    pub(super) client: Requester,
     pub(super) ids: Vec<Id>,
     pub(super) kind: RequestKind,
     pub(super) missing: usize,
@@ -71,7 +71,7 @@ impl Deadlines {
 impl Scheduler {
     pub(super) fn request(
         &mut self,
-        client: ClientKey,
+        client: Requester,
         ids: Vec<Id>,
         kind: RequestKind,
         timeout_ms: Option<u64>,
@@ -90,10 +90,7 @@ impl Scheduler {
         }
         let rid = self.next_request;
         self.next_request += 1;
-        let worker = match client {
-            ClientKey::Worker(s) => Some(s),
-            ClientKey::Driver(_) => None,
-        };
+        let worker = client.slot();
         if matches!(kind, RequestKind::Next { .. } | RequestKind::YieldRoom) {
             if let Some(st) = self.streams.get_mut(&ids[0]) {
                 st.waiting.push(rid);
@@ -189,7 +186,7 @@ impl Scheduler {
     /// to the asker, and the generator may get room (rule 10).
     pub(super) fn answer_to(
         &mut self,
-        client: &ClientKey,
+        client: &Requester,
         ids: &[Id],
         kind: &RequestKind,
         timed_out: Option<u64>,
@@ -198,10 +195,7 @@ impl Scheduler {
         if let (RequestKind::Next { index }, ToWorker::NextItemReply(Ok(Some(item)))) =
             (kind, &answer)
         {
-            let slot = match client {
-                ClientKey::Worker(s) => Some(*s),
-                ClientKey::Driver(_) => None,
-            };
+            let slot = client.slot();
             // The stream's reference moves to the asker.
             self.own(slot, *item, 1);
             self.item_taken(ids[0], *index);
@@ -216,10 +210,11 @@ impl Scheduler {
         };
         let answer = self.answer_to(&req.client, &req.ids, &req.kind, timed_out);
         match req.client {
-            ClientKey::Driver(tx) => {
+            Requester::Driver(None) => {}
+            Requester::Driver(Some(tx)) => {
                 let _ = tx.send(answer);
             }
-            ClientKey::Worker(slot) => {
+            Requester::Worker(slot) => {
                 // Rule 1: hold the answer until the frame is on top and has its CPUs back.
                 let Some(w) = self.pool.workers.get_mut(&slot) else {
                     return;

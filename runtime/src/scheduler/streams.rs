@@ -5,7 +5,7 @@ use crate::Error;
 use crate::protocol::Id;
 
 use super::Scheduler;
-use super::messages::ClientKey;
+use super::messages::Requester;
 use super::objects::ObjState;
 use super::requests::RequestKind;
 
@@ -70,18 +70,24 @@ impl Scheduler {
         if !st.has_room() {
             return;
         }
-        let room: Vec<u64> = st
-            .waiting
-            .iter()
-            .copied()
-            .filter(|rid| {
-                self.requests
-                    .get(rid)
-                    .is_some_and(|r| matches!(r.kind, RequestKind::YieldRoom))
-            })
-            .collect();
-        st.waiting.retain(|rid| !room.contains(rid));
-        for rid in room {
+        self.wake_stream_waiters(stream, |kind| matches!(kind, RequestKind::YieldRoom));
+    }
+
+    /// Answers the requests waiting on `stream` whose kind `ready` accepts.
+    fn wake_stream_waiters(&mut self, stream: Id, ready: impl Fn(&RequestKind) -> bool) {
+        let Some(st) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        let requests = &self.requests;
+        let mut woken = Vec::new();
+        st.waiting.retain(|rid| {
+            let wake = requests.get(rid).is_some_and(|r| ready(&r.kind));
+            if wake {
+                woken.push(*rid);
+            }
+            !wake
+        });
+        for rid in woken {
             self.complete_request(rid, None);
         }
     }
@@ -107,25 +113,17 @@ impl Scheduler {
             );
         }
         self.own(Some(slot), item, -1);
-        let st = self.streams.get_mut(&task).expect("checked above");
+        let Some(st) = self.streams.get_mut(&task) else {
+            return;
+        };
         st.items.push(Some(item));
         let len = st.items.len() as u64;
-        let ready: Vec<u64> = st
-            .waiting
-            .iter()
-            .copied()
-            .filter(|rid| {
-                self.requests
-                    .get(rid)
-                    .is_some_and(|r| matches!(r.kind, RequestKind::Next { index } if index < len))
-            })
-            .collect();
-        st.waiting.retain(|rid| !ready.contains(rid));
-        for rid in ready {
-            self.complete_request(rid, None);
-        }
+        self.wake_stream_waiters(
+            task,
+            |kind| matches!(kind, RequestKind::Next { index } if *index < len),
+        );
         self.request(
-            ClientKey::Worker(slot),
+            Requester::Worker(slot),
             vec![task],
             RequestKind::YieldRoom,
             None,

@@ -3,7 +3,7 @@
 
 use rayfork_plasma::ObjectId;
 
-use crate::protocol::{ActorCall, Arg, Id, Outcome, Payload, TaskOpts, TaskSpec};
+use crate::protocol::{ActorCall, Arg, Id, Outcome, Payload, ReturnValue, TaskOpts, TaskSpec};
 use crate::{Error, timeline};
 
 use super::Scheduler;
@@ -83,11 +83,36 @@ impl Task {
         }
     }
 
+    /// The error of this task once cancelled (scheduler rule 9).
+    pub(super) fn cancelled_error(&self) -> Error {
+        Error::TaskCancelled {
+            task: self.name.clone(),
+        }
+    }
+
     /// True if a failed attempt may be tried again (scheduler rule 4): attempts remain, and
     /// it is not a generator (scheduler rule 10).
     pub(super) fn may_retry(&self) -> bool {
         self.attempts <= self.spec.opts.max_retries && self.spec.opts.streaming.is_none()
     }
+}
+
+/// What becomes of a task whose worker died under it (scheduler rules 4 and 9), decided by
+/// `Scheduler::loss_of` and carried out by `Scheduler::settle_loss`.
+#[must_use]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum AfterLoss {
+    /// It left the table already: nothing to do.
+    Gone,
+    /// It was asked to stop: it resolves to `TaskCancelled`, never retried (rule 9).
+    Cancelled,
+    /// An innocent frame of a worker killed for another task's cancel: it goes again, at the
+    /// front of the queue, with its attempt given back (rule 9).
+    Resubmit,
+    /// A crash with attempts left: it goes again, at the front of the queue (rule 4).
+    Retry,
+    /// A crash with no attempt left (or a generator): `WorkerCrashed`.
+    Fail,
 }
 
 impl Scheduler {
@@ -156,6 +181,55 @@ impl Scheduler {
         }
     }
 
+    /// The fate of `task`, which was on the stack of worker `slot` when it died.
+    pub(super) fn loss_of(&self, slot: u32, task: Id) -> AfterLoss {
+        let Some(t) = self.tasks.get(&task) else {
+            return AfterLoss::Gone;
+        };
+        if t.state.is_cancel_requested() {
+            AfterLoss::Cancelled
+        } else if self.cancel.killed.contains(&slot) {
+            AfterLoss::Resubmit
+        } else if t.may_retry() {
+            AfterLoss::Retry
+        } else {
+            AfterLoss::Fail
+        }
+    }
+
+    /// Carries out `verdict` for `task`, lost with its worker; `crash` says how it died.
+    pub(super) fn settle_loss(&mut self, task: Id, verdict: AfterLoss, crash: &str) {
+        let Some(t) = self.tasks.get_mut(&task) else {
+            return;
+        };
+        t.state = TaskState::Ready;
+        match verdict {
+            AfterLoss::Gone => {}
+            AfterLoss::Cancelled => {
+                let err = t.cancelled_error();
+                self.finish_task(task, Err(err));
+            }
+            AfterLoss::Resubmit | AfterLoss::Retry => {
+                if verdict == AfterLoss::Resubmit {
+                    debug_assert!(t.attempts > 0, "a started task with no attempt");
+                    t.attempts = t.attempts.saturating_sub(1);
+                } else {
+                    self.events.retried(&t.spec.func);
+                }
+                self.reset_returns(task);
+                self.queue.push_front(task);
+            }
+            AfterLoss::Fail => {
+                let err = Error::WorkerCrashed {
+                    task: t.name.clone(),
+                    attempts: t.attempts,
+                    cause: crash.to_string(),
+                };
+                self.finish_task(task, Err(err));
+            }
+        }
+    }
+
     /// Gives the task's argument references back (rule 3).
     pub(super) fn release_task_args(&mut self, id: Id) {
         let Some(t) = self.tasks.get(&id) else { return };
@@ -167,8 +241,8 @@ impl Scheduler {
 
     /// Stores a task's final result and wakes whoever waits for it. An error fails all its
     /// return objects (rule 6); values of extra returns are set by `finish_task_all` first.
-    pub(super) fn finish_task(&mut self, id: Id, result: Result<(Payload, Vec<Id>), Error>) {
-        let outcome = timeline::Outcome::of(&result);
+    pub(super) fn finish_task(&mut self, id: Id, result: Result<ReturnValue, Error>) {
+        let outcome = timeline::RunEnd::of(&result);
         self.finish_task_as(id, result, outcome);
     }
 
@@ -177,8 +251,8 @@ impl Scheduler {
     pub(super) fn finish_task_as(
         &mut self,
         id: Id,
-        result: Result<(Payload, Vec<Id>), Error>,
-        outcome: timeline::Outcome,
+        result: Result<ReturnValue, Error>,
+        outcome: timeline::RunEnd,
     ) {
         self.release_task_args(id);
         let Some(task) = self.tasks.remove(&id) else {
@@ -211,20 +285,20 @@ impl Scheduler {
     }
 
     /// Stores the value (or error) of one return object and wakes whoever waits for it.
-    pub(super) fn resolve_return(&mut self, id: Id, result: Result<(Payload, Vec<Id>), Error>) {
+    pub(super) fn resolve_return(&mut self, id: Id, result: Result<ReturnValue, Error>) {
         let Some(o) = self.objects.get_mut(&id) else {
             // Nobody holds the result: drop what it mentions.
-            if let Ok((_, contained)) = result {
-                for c in contained {
+            if let Ok(value) = result {
+                for c in value.contained {
                     self.add_ref(c, -1);
                 }
             }
             return;
         };
         match result {
-            Ok((payload, contained)) => {
-                o.state = ObjState::Ready(payload);
-                o.contained = contained;
+            Ok(value) => {
+                o.state = ObjState::Ready(value.payload);
+                o.contained = value.contained;
             }
             Err(e) => {
                 o.state = ObjState::Failed(e);
@@ -255,11 +329,8 @@ impl Scheduler {
         // Validate before touching any state, so a kill leaves the task on the worker's stack
         // for the death handler (rule 5).
         let result = match outcome {
-            Outcome::Ok { payload, contained } => Ok(vec![(payload, contained)]),
-            Outcome::Many(values) => Ok(values
-                .into_iter()
-                .map(|v| (v.payload, v.contained))
-                .collect()),
+            Outcome::Ok { payload, contained } => Ok(vec![ReturnValue { payload, contained }]),
+            Outcome::Many(values) => Ok(values),
             Outcome::Err(e) => Err(e),
         };
         let result = match result {
@@ -270,8 +341,8 @@ impl Scheduler {
             Err(e) => Err(e),
         };
         if let Ok(values) = &result {
-            for (_, contained) in values {
-                for &c in contained {
+            for value in values {
+                for &c in &value.contained {
                     self.own(Some(slot), c, -1);
                 }
             }
@@ -292,7 +363,7 @@ impl Scheduler {
         if let Some(t) = self.tasks.get_mut(&task) {
             t.state = TaskState::Ready;
             self.events
-                .ended(task, &t.name, timeline::Outcome::of(&result));
+                .ended(task, &t.name, timeline::RunEnd::of(&result));
             let retry =
                 matches!(&result, Err(e) if retries_error(&t.spec.opts, e)) && t.may_retry();
             if retry {
@@ -362,43 +433,41 @@ impl Scheduler {
     /// The return values of a `Done`, checked against the task (rules 5 and 6): one per return
     /// id, and each stored one sealed under its own id. Stored payloads are replaced by the
     /// store's own descriptor. The error says why the worker must be killed.
-    #[allow(clippy::type_complexity)]
     pub(super) fn checked_returns(
         &self,
         task: Id,
-        values: Vec<(Payload, Vec<Id>)>,
-    ) -> Result<Vec<(Payload, Vec<Id>)>, &'static str> {
+        values: Vec<ReturnValue>,
+    ) -> Result<Vec<ReturnValue>, &'static str> {
         let extra = self.tasks.get(&task).map_or(&[][..], |t| &t.spec.extra[..]);
         if values.len() != extra.len() + 1 {
             return Err("done with the wrong number of return values");
         }
         let ids = std::iter::once(task).chain(extra.iter().copied());
         ids.zip(values)
-            .map(|(id, (payload, contained))| match payload {
+            .map(|(id, value)| match value.payload {
                 Payload::Stored { .. } => {
                     let sealed = self.objects.get(&id).is_some_and(|o| o.stored && o.sealed);
                     match self.store.descriptor(ObjectId::from_u128(id)) {
-                        Some(d) if sealed => Ok((
-                            Payload::Stored {
+                        Some(d) if sealed => Ok(ReturnValue {
+                            payload: Payload::Stored {
                                 offset: d.offset,
                                 len: d.len,
                             },
-                            contained,
-                        )),
+                            contained: value.contained,
+                        }),
                         _ => Err("stored result not sealed"),
                     }
                 }
-                inline => Ok((inline, contained)),
+                inline => Ok(ReturnValue {
+                    payload: inline,
+                    contained: value.contained,
+                }),
             })
             .collect()
     }
 
     /// Finishes a task with all its return values, checked by `checked_returns` (rule 6).
-    pub(super) fn finish_task_all(
-        &mut self,
-        task: Id,
-        result: Result<Vec<(Payload, Vec<Id>)>, Error>,
-    ) {
+    pub(super) fn finish_task_all(&mut self, task: Id, result: Result<Vec<ReturnValue>, Error>) {
         let mut values = match result {
             Ok(v) => v,
             Err(e) => return self.finish_task(task, Err(e)),
