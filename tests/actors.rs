@@ -358,8 +358,8 @@ fn max_task_retries_runs_a_crashed_call_again_on_the_restarted_actor() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Calls sent to wait on the actor's process behind a call that crashes it (pipelining, rule 11
-/// in scheduler.rs) never ran there: after the restart they all run, once each, in order.
+/// Calls sent to wait on the actor's process behind a call that crashes it (pipelining,
+/// scheduler rule 11) never ran there: after the restart they all run, once each, in order.
 #[test]
 fn calls_queued_behind_a_crash_run_in_order_after_the_restart() {
     let _w = watchdog(

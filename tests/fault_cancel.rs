@@ -476,7 +476,8 @@ fn frames_killed_with_a_cancelled_task_are_resubmitted() {
     let h = host::remote(d.clone(), vec![filler.clone()]);
     let host_pid = announced(&format!("{d}/host"));
     // No idle worker and no room for another: the guest runs nested on the host's worker.
-    // With no retries left, only rule 6 (no attempt used) lets it run again.
+    // With no retries left, only scheduler rule 9 (an innocent frame uses no attempt) lets it
+    // run again.
     let g = guest::options()
         .num_cpus(0.0)
         .max_retries(0)

@@ -276,7 +276,7 @@ fn custom_resource_limits_concurrency() {
     let max = max_concurrent("db", 6, 2, |o| o.num_cpus(0.5).resource("db", 1.0));
     assert_eq!(max, 2, "tasks holding db at once");
     // A task waiting for db does not hold back a CPU-only task queued behind it: a db holder
-    // blocked on such a child finishes (rule 1 in scheduler.rs).
+    // blocked on such a child finishes (scheduler rule 1).
     let held = rt
         .get(
             &hold_db_and_wait_child::options()

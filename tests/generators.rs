@@ -153,7 +153,7 @@ fn items_come_in_order_under_backpressure_and_free_their_memory() {
 fn a_task_consumes_a_generator_on_one_cpu() {
     let _w = watchdog("a_task_consumes_a_generator_on_one_cpu", LIMIT);
     // The consumer holds the only CPU until it waits for an item; the generator then runs, and
-    // waits for room with its CPU given back: neither starves the other (rule 10).
+    // waits for room with its CPU given back: neither starves the other (scheduler rule 10).
     let rt = runtime(1);
     assert_eq!(
         rt.get(&sum_inside::remote(50)).unwrap(),

@@ -1,4 +1,4 @@
-//! Pipelining (rule 11 in scheduler.rs, rule 6 in protocol.rs): when no idle worker can take a
+//! Pipelining (scheduler rule 11, rule 6 in protocol.rs): when no idle worker can take a
 //! ready task, a plain task waits queued on a busy worker and starts on the `Done` that empties
 //! its stack; the scheduler takes queued tasks back (the frame blocked, another worker idles,
 //! the task was cancelled) and requeues them when the worker dies, with no attempt used. Actor
@@ -517,7 +517,7 @@ fn a_recursive_workload_mixing_nested_gets_and_small_tasks_is_right() {
         let s = rt.stats().unwrap();
         if max_workers.is_none() {
             // With two workers the blocked nodes mostly run their children nested on their own
-            // stacks (rule 2), so few tasks are queued there, and those are taken back.
+            // stacks (scheduler rule 2), so few tasks are queued there, and those are taken back.
             assert!(s.queued > 0 && s.pipelined > 0, "{s:?}");
         }
         assert_eq!(

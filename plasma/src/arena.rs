@@ -79,7 +79,7 @@ pub trait Arena: Send + Sync {
     /// another) may look at the range for the lifetime of the returned slice: in the store's
     /// protocol, only the creator of an unsealed object holds such a view.
     /// [`Store::write`](crate::Store::write) is the safe way to get one.
-    #[allow(clippy::mut_from_ref)]
+    #[expect(clippy::mut_from_ref)]
     unsafe fn bytes_mut(&self, d: Descriptor) -> Result<&mut [u8], ViewError>;
 }
 

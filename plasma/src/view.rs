@@ -2,7 +2,8 @@
 //! `&mut [u8]` over a mapping, and of byte slices into typed slices of plain-old-data elements
 //! ([`cast_slice`], [`cast_slice_mut`]).
 //!
-//! This module and `arena.rs` are the only places in the crate with `unsafe` code.
+//! This module and `arena.rs` hold the crate's `unsafe` code, with one more block in
+//! `Store::write` (see the crate docs).
 
 use std::ptr::NonNull;
 

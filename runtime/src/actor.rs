@@ -3,7 +3,7 @@
 //!
 //! Owns the handle type, actor options, the worker-side table of actor states, and the glue the
 //! `#[rayfork::actor]` macro expands to. Placement, ordering, restarts and lifetime are the
-//! scheduler's (rule 8 in scheduler.rs); this module must not decide any of them.
+//! scheduler's (scheduler rule 8); this module must not decide any of them.
 //!
 //! ```no_run
 //! pub struct Counter {
@@ -107,7 +107,7 @@ impl<A> ActorHandle<A> {
         let opts = TaskOptions::default().num_cpus(0.0).max_retries(0);
         let actor = &self.r;
         // The first argument is the actor itself: the call holds it alive and waits for its
-        // constructor (rule 8 in scheduler.rs).
+        // constructor (scheduler rule 8).
         let args = move |cx: &SubmitCx| {
             let mut v = vec![IntoArg::<Id>::into_arg(actor, cx)?];
             v.extend(args(cx)?);

@@ -1,8 +1,10 @@
 //! Zero-copy arrays: `Array<T>`, a sealed store object seen as `&[T]` in any process, and
 //! `ArrayMut<T>`, an unsealed one its creator fills in place.
 //!
-//! Owns the typed views of store objects. The one `unsafe` block here makes the writable view
-//! of an `ArrayMut`, whose creator is its only writer (see `ArrayMut`'s invariant).
+//! Owns the typed views of store objects. Its `unsafe` code is the raw typed view
+//! (`raw_slice`), the read and write views of `Array` and `ArrayMut` over it (an `ArrayMut`'s
+//! creator is its only writer, see its invariant), and the `Send`/`Sync` impls of the handles
+//! that hold a pointer into the shared mapping; each carries its `SAFETY` argument.
 //!
 //! Passing an `Array` to a task sends its id, offset and length (rule 4 in protocol.rs): no
 //! element is copied or serialized; the task maps the same bytes.

@@ -1,8 +1,8 @@
 //! Cancelling tasks: the public API ([`cancel`], [`CancelMode`], [`CancelOutcome`],
 //! [`is_cancelled`], [`cancel_on_timeout`]).
 //!
-//! Owns what a caller asks for and what a task sees; the scheduler does the work (rule 9 in
-//! scheduler.rs) and the shared flags live in `shared_flags`.
+//! Owns what a caller asks for and what a task sees; the scheduler does the work (scheduler
+//! rule 9) and the shared flags live in `shared_flags`.
 
 use std::time::Duration;
 

@@ -58,7 +58,7 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
     fn abort(&self, id: Id);
     /// A reference count change (rule 4 in protocol.rs).
     fn ref_op(&self, id: Id, delta: i32);
-    /// Yields an item of the running generator task (rule 10 in scheduler.rs); blocks while
+    /// Yields an item of the running generator task (scheduler rule 10); blocks while
     /// the stream is full.
     fn yield_item(&self, task: Id, item: Id) -> Result<()>;
     /// The item at `index` of a generator's stream: `None` when it ended.
@@ -70,7 +70,7 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
     }
     /// Ends an actor's process (one-way).
     fn kill_actor(&self, actor: Id) -> Result<()>;
-    /// Cancels the task that produces `id` (rule 9 in scheduler.rs).
+    /// Cancels the task that produces `id` (scheduler rule 9).
     fn cancel(&self, id: Id, mode: &CancelMode) -> Result<CancelOutcome> {
         match self.request(FromWorker::Cancel {
             id,
@@ -279,7 +279,7 @@ pub(crate) fn current() -> Result<BackendRef> {
 }
 
 /// Encodes a value for a message: inline bytes and the ids it mentions, each of which now owns
-/// a reference (rule 4).
+/// a reference (rule 4 in protocol.rs).
 pub(crate) fn encode_with_refs<T: serde::Serialize + ?Sized>(
     b: &BackendRef,
     v: &T,

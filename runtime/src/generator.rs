@@ -4,7 +4,7 @@
 //! task ends.
 //!
 //! Owns the caller's iterator and the worker-side loop that yields items. The stream itself
-//! (items, back-pressure, the end) is the scheduler's (rule 10 in scheduler.rs).
+//! (items, back-pressure, the end) is the scheduler's (scheduler rule 10).
 //!
 //! ```no_run
 //! #[rayfork::remote(streaming)]

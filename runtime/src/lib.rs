@@ -107,8 +107,8 @@
 //! that returns an `ObjectRef`. Calls run one at a time in submission order; handles pass to
 //! tasks; `T::options().max_restarts(n)` restarts a crashed actor by re-running `new`
 //! (`max_task_retries(n)` runs the call that was running again there);
-//! [`ActorHandle::kill`] ends it; the process ends when no handle is left. See `actor.rs` and
-//! `examples/monte_carlo_pi.rs`.
+//! [`ActorHandle::kill`] ends it; the process ends when no handle is left. See
+//! [`ActorHandle`] and `examples/monte_carlo_pi.rs`.
 //!
 //! # Generators
 //! `#[remote(streaming)]` on a function returning `impl Iterator<Item = T>`: `f::remote(..)`
@@ -158,8 +158,6 @@
 //! before `main` by a hook in this crate); workers are forked from it. If the driver dies, even
 //! by SIGKILL, the fork server and the workers die with it; dropping the [`Runtime`] kills and
 //! reaps them all.
-
-#![warn(missing_docs)]
 
 mod actor;
 mod array;

@@ -5,8 +5,8 @@
 //!
 //! Rules of the worker channel (cited elsewhere as "rule N in protocol.rs"):
 //! 1. A worker sends one `Hello` first, then any number of messages. Requests that expect an
-//!    answer (`Get`, `Wait`, `Create`, `Cancel`) block the worker until the answer arrives; every
-//!    other message is one-way.
+//!    answer (`Get`, `Wait`, `Create`, `Cancel`, `NextItem`, `Yield`) block the worker until the
+//!    answer arrives; every other message is one-way.
 //! 2. The driver sends `Run` only to a worker that is idle or blocked in `Get`/`Wait`; a blocked
 //!    worker runs it nested on its stack and answers with `Done` before its own answer arrives.
 //!    An answer (`GetReply`, `WaitReply`) is only sent to the task on top of the worker's stack.
@@ -97,7 +97,7 @@ pub(crate) struct TaskOpts {
     /// With `retry_exceptions`: retry only errors whose message contains one of these (all
     /// errors when empty).
     pub retry_if_contains: Vec<String>,
-    /// A generator task (rule 10 in scheduler.rs) and its back-pressure: at most this many
+    /// A generator task (scheduler rule 10) and its back-pressure: at most this many
     /// yielded items not yet taken by the caller (0: no limit).
     pub streaming: Option<u32>,
 }
@@ -122,7 +122,7 @@ pub(crate) struct TaskSpec {
     pub opts: TaskOpts,
     /// The ids of return values 2..=N of a `num_returns = N` task (rule 5); empty otherwise.
     pub extra: Vec<Id>,
-    /// Set for the constructor and the method calls of an actor (rule 8 in scheduler.rs).
+    /// Set for the constructor and the method calls of an actor (scheduler rule 8).
     pub actor: Option<ActorCall>,
 }
 
@@ -276,14 +276,14 @@ pub(crate) enum FromWorker {
     /// The task on top of the stack finished.
     Done { task: Id, outcome: Outcome },
     /// A generator task yields `item` (a value this worker put); its reference moves to the
-    /// stream. Answered with `YieldAck` once the stream has room (rule 10 in scheduler.rs).
+    /// stream. Answered with `YieldAck` once the stream has room (scheduler rule 10).
     Yield { task: Id, item: Id },
     /// The item at `index` of the stream of generator task `stream`; answered with
     /// `NextItemReply` once it exists or the stream ended.
     NextItem { stream: Id, index: u64 },
     /// End an actor's process now; it is not restarted and its pending calls fail.
     KillActor { actor: Id },
-    /// Cancel the task that produces `id` (rule 9 in scheduler.rs); answered with
+    /// Cancel the task that produces `id` (scheduler rule 9); answered with
     /// `CancelReply`. `grace_ms: None` means the runtime's `Config::cancel_grace`.
     Cancel {
         id: Id,

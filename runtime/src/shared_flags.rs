@@ -2,9 +2,9 @@
 //! workers both touch without a message. Two kinds live in it:
 //!
 //! - **Cancel flags**, one per (worker slot, frame depth): the scheduler raises them and a task
-//!   polls its own through `rayfork::is_cancelled()` (rule 9 in scheduler.rs).
+//!   polls its own through `rayfork::is_cancelled()` (scheduler rule 9).
 //! - **Claim cells**, `RING` per *lane* (a lane is lent to one live worker at a time): a task
-//!   queued on a busy worker (rule 11 in scheduler.rs, rule 6 in protocol.rs) is armed in a
+//!   queued on a busy worker (scheduler rule 11, rule 6 in protocol.rs) is armed in a
 //!   cell with a unique *ticket*; whoever swaps the ticket out first owns the task: the worker
 //!   (it runs it) or the scheduler (it took it back). One compare-exchange each side, no message.
 //!
@@ -20,8 +20,8 @@
 //! of its own frame and compares it with its own tag, so a stale word (left by an earlier task at
 //! the same place) or a frame above or below never reads as cancelled. Two live workers whose
 //! slots collide modulo `SLOTS` can at worst overwrite each other's flag, which hides a
-//! cooperative request; the kill after the grace period still stops the task (rule 9 in
-//! scheduler.rs), so a collision can delay a cancel, never invent one.
+//! cooperative request; the kill after the grace period still stops the task (scheduler
+//! rule 9), so a collision can delay a cancel, never invent one.
 
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -114,11 +114,11 @@ impl SharedFlags {
     fn word(&self, i: u64) -> &AtomicU64 {
         assert!(i < WORDS, "cancel flag index out of range");
         let offset = (HEADER_SIZE + i * 8) as usize;
-        // The mapping is at least HEADER_SIZE + WORDS * 8 bytes (checked in `from_fd`, made so
-        // in `create`) and page aligned; its words are only ever accessed as atomics, by every
-        // process that maps them; it lives as long as `self`, which the reference borrows.
-        // SAFETY: `offset` is in bounds and 8-byte aligned, the word is atomic-only, and the
-        // mapping outlives the returned reference (all three as said just above).
+        // SAFETY: `offset` is in bounds and 8-byte aligned: the mapping is at least
+        // HEADER_SIZE + WORDS * 8 bytes (checked in `from_fd`, made so in `create`), page
+        // aligned, and `i < WORDS`. Its words are only ever accessed as atomics, by every
+        // process that maps them. The mapping lives as long as `self`, which the returned
+        // reference borrows.
         unsafe { &*self.mem.base().as_ptr().add(offset).cast::<AtomicU64>() }
     }
 

@@ -320,7 +320,7 @@ pub struct Returns {
 
 impl Returns {
     /// The next return's ref (a failed ref if the call failed, or past the end).
-    #[allow(clippy::should_implement_trait)]
+    #[expect(clippy::should_implement_trait)]
     pub fn next<T>(&mut self) -> ObjectRef<T> {
         match self.refs.next() {
             Some(Ok((id, b))) => ObjectRef::adopt(id, b),

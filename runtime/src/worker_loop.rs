@@ -245,7 +245,7 @@ impl WorkerBackend {
             extra,
             gpus,
         } = run;
-        // This frame's place on the stack, as the scheduler counts it (rule 9 in scheduler.rs).
+        // This frame's place on the stack, as the scheduler counts it (scheduler rule 9).
         let depth = self.depth.fetch_add(1, Ordering::Relaxed);
         let outer = self.tag.swap(shared_flags::tag(task), Ordering::Relaxed);
         let outer_gpus = self.enter_gpus(gpus);

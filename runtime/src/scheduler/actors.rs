@@ -13,7 +13,18 @@ use super::pool::Frame;
 use super::resources::Held;
 use super::tasks::TaskState;
 
-/// An actor (rule 8).
+/// Where an actor stands in its life (scheduler rule 8). Which worker it has is `Actor::slot`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum ActorPhase {
+    /// Its constructor has not finished on its current worker (the first one, or a restart).
+    Constructing,
+    /// Its constructor finished on its current worker: it takes calls.
+    Constructed,
+    /// Gone for good, for `reason`: no restart, every call fails with `ActorDied`.
+    Dead { reason: String },
+}
+
+/// An actor (scheduler rule 8).
 pub(super) struct Actor {
     pub(super) name: String,
     /// Its current worker.
@@ -22,19 +33,30 @@ pub(super) struct Actor {
     pub(super) ctor: Option<(String, Vec<Payload>)>,
     /// Ids whose references the kept arguments hold.
     pub(super) ctor_refs: Vec<Id>,
-    /// The constructor ran on the current worker.
-    pub(super) constructed: bool,
+    pub(super) phase: ActorPhase,
     /// Method calls not started yet, in submission order.
     pub(super) calls: VecDeque<Id>,
     pub(super) restarts_left: u32,
     /// Times a call running at a crash runs again after the restart.
     pub(super) max_task_retries: u32,
-    /// Why it is gone for good; `None` while it lives or will restart.
-    pub(super) dead: Option<String>,
     /// Its object was freed: no handle or call can name it any more.
     pub(super) freed: bool,
     /// In `ActorTable::dirty`: something changed that may let it start or queue a call.
     pub(super) dirty: bool,
+}
+
+impl Actor {
+    /// Why it is gone for good; `None` while it lives or will restart.
+    pub(super) fn dead(&self) -> Option<&str> {
+        match &self.phase {
+            ActorPhase::Dead { reason } => Some(reason),
+            ActorPhase::Constructing | ActorPhase::Constructed => None,
+        }
+    }
+
+    fn is_constructed(&self) -> bool {
+        self.phase == ActorPhase::Constructed
+    }
 }
 
 /// How often `dispatch_actors` looks at every actor, beside the ones marked, while the loop
@@ -83,11 +105,10 @@ impl Scheduler {
                         slot: None,
                         ctor: None,
                         ctor_refs: Vec::new(),
-                        constructed: false,
+                        phase: ActorPhase::Constructing,
                         calls: VecDeque::new(),
                         restarts_left: max_restarts,
                         max_task_retries,
-                        dead: None,
                         freed: false,
                         dirty: false,
                     },
@@ -115,11 +136,11 @@ impl Scheduler {
                     return self.bad(slot, "malformed actor call");
                 }
                 match self.actors.by_id.get_mut(&actor) {
-                    Some(a) if a.dead.is_none() => a.calls.push_back(id),
+                    Some(a) if a.dead().is_none() => a.calls.push_back(id),
                     Some(a) => {
                         let err = Error::ActorDied {
                             actor: a.name.clone(),
-                            reason: a.dead.clone().unwrap_or_default(),
+                            reason: a.dead().unwrap_or_default().to_string(),
                         };
                         self.finish_task(id, Err(err));
                     }
@@ -154,7 +175,9 @@ impl Scheduler {
         match result {
             Ok(_) => {
                 if let Some(a) = self.actors.by_id.get_mut(&id) {
-                    a.constructed = true;
+                    if a.phase == ActorPhase::Constructing {
+                        a.phase = ActorPhase::Constructed;
+                    }
                 }
             }
             Err(e) => self.actor_gone(id, format!("its constructor failed: {e}")),
@@ -189,7 +212,12 @@ impl Scheduler {
             }
         }
         for id in ids {
-            if self.actors.by_id.get(&id).is_none_or(|a| a.dead.is_some()) {
+            if self
+                .actors
+                .by_id
+                .get(&id)
+                .is_none_or(|a| a.dead().is_some())
+            {
                 continue;
             }
             let Some(slot) = self.actors.by_id.get(&id).and_then(|a| a.slot) else {
@@ -201,11 +229,11 @@ impl Scheduler {
             let idle = w.is_up() && w.stack.is_empty();
             let a = &self.actors.by_id[&id];
             // Rule 11: the next calls may wait on the worker behind the running one.
-            let queue = a.constructed && w.can_queue(0.0, self.cfg.pipeline_depth);
+            let queue = a.is_constructed() && w.can_queue(0.0, self.cfg.pipeline_depth);
             if !(idle || queue) {
                 continue;
             }
-            if !a.constructed {
+            if !a.is_constructed() {
                 if let Some(t) = self.tasks.get(&id).filter(|t| t.state.is_unstarted()) {
                     // The first run (or a rerun after a crash before it finished).
                     if t.state == TaskState::Ready {
@@ -266,11 +294,13 @@ impl Scheduler {
             return;
         };
         a.slot = None;
-        a.constructed = false;
+        if a.phase == ActorPhase::Constructed {
+            a.phase = ActorPhase::Constructing;
+        }
         let name = a.name.clone();
-        let will_restart = a.dead.is_none() && !a.freed && a.restarts_left > 0;
+        let will_restart = a.dead().is_none() && !a.freed && a.restarts_left > 0;
         let retries = a.max_task_retries;
-        // Calls to run again go back to the front, in their order (rule 8).
+        // Calls to run again go back to the front, in their order (scheduler rule 8).
         let mut again = Vec::new();
         for f in stack.iter().filter(|f| f.task != id) {
             let retry = will_restart
@@ -307,7 +337,7 @@ impl Scheduler {
             self.actors.by_id.remove(&id);
             return;
         }
-        if a.dead.is_none() && a.restarts_left > 0 {
+        if a.dead().is_none() && a.restarts_left > 0 {
             a.restarts_left -= 1;
             match self.spawn_worker_for(Some(id)) {
                 Some(w) => {
@@ -318,7 +348,7 @@ impl Scheduler {
                 None => self.actor_gone(id, "its process could not be forked again".into()),
             }
         } else {
-            let reason = a.dead.clone().unwrap_or_else(|| cause.to_string());
+            let reason = a.dead().unwrap_or(cause).to_string();
             self.actor_gone(id, reason);
         }
     }
@@ -343,14 +373,22 @@ impl Scheduler {
     /// The actor is gone for good: its queued calls (and an unfinished constructor) fail, its
     /// worker is told to exit, the constructor's kept arguments are released.
     pub(super) fn actor_gone(&mut self, id: Id, reason: String) {
-        // Calls queued on its worker and not claimed fail with the others (rule 11).
+        // Calls queued on its worker and not claimed fail with the others (scheduler rule 11).
         if let Some(slot) = self.actors.by_id.get(&id).and_then(|a| a.slot) {
             self.take_back_all(slot);
         }
         let Some(a) = self.actors.by_id.get_mut(&id) else {
             return;
         };
-        let reason = a.dead.get_or_insert(reason).clone();
+        let reason = match &a.phase {
+            ActorPhase::Dead { reason } => reason.clone(),
+            ActorPhase::Constructing | ActorPhase::Constructed => {
+                a.phase = ActorPhase::Dead {
+                    reason: reason.clone(),
+                };
+                reason
+            }
+        };
         a.restarts_left = 0;
         let calls: Vec<Id> = a.calls.drain(..).collect();
         let refs = std::mem::take(&mut a.ctor_refs);

@@ -11,12 +11,12 @@ use super::Scheduler;
 use super::requests::Deadline;
 use super::tasks::{Task, TaskState};
 
-/// What the scheduler keeps for cancellation (rule 9). The flags a task polls live in
+/// What the scheduler keeps for cancellation (scheduler rule 9). The flags a task polls live in
 /// `Scheduler::flags`.
 #[derive(Default)]
 pub(super) struct Cancels {
     /// Queued tasks cancelled after their worker claimed them: (force, grace), applied when
-    /// they start (rule 11).
+    /// they start (scheduler rule 11).
     pub(super) on_start: HashMap<Id, (bool, Duration)>,
     /// Workers killed to stop a cancelled task, until their death is handled.
     pub(super) killed: HashSet<u32>,
@@ -74,8 +74,8 @@ impl Scheduler {
                 return self.finish_task(id, Err(err));
             }
             TaskState::QueuedOn { .. } => {
-                // Queued on a busy worker (rule 11): taken back, it never runs; claimed, it is
-                // cancelled when it starts.
+                // Queued on a busy worker (scheduler rule 11): taken back, it never runs; claimed,
+                // it is cancelled when it starts.
                 if self.take_back_task(id) {
                     return self.finish_task(id, Err(err));
                 }
@@ -133,7 +133,8 @@ impl Scheduler {
         if !self.pool.workers.contains_key(&slot) || !self.cancel.killed.insert(slot) {
             return;
         }
-        // No more work goes to it; the fork server kills it and reports its exit (rule 4).
+        // No more work goes to it; the fork server kills it and reports its exit (scheduler rule
+        // 4).
         self.on_hangup(slot);
     }
 

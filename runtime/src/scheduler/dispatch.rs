@@ -9,7 +9,7 @@ use super::pool::Frame;
 use super::tasks::TaskState;
 
 impl Scheduler {
-    /// Starts queued tasks on idle workers (rules 1, 2).
+    /// Starts queued tasks on idle workers (scheduler rules 1, 2).
     pub(super) fn dispatch_ready(&mut self) {
         if !self.fork.is_alive() && !self.queue.is_empty() {
             // Nothing can run any more (the fork server's death failed what was queued then).
@@ -81,8 +81,8 @@ impl Scheduler {
         }
     }
 
-    /// The queue position of the next task to start, if one fits now (rule 1): tasks wait in
-    /// order for CPUs, but one that waits only for a GPU or custom resource is passed.
+    /// The queue position of the next task to start, if one fits now (scheduler rule 1): tasks wait
+    /// in order for CPUs, but one that waits only for a GPU or custom resource is passed.
     pub(super) fn next_startable(&mut self) -> Option<usize> {
         let mut i = 0;
         while i < self.queue.len() {
@@ -165,7 +165,7 @@ impl Scheduler {
     }
 
     /// True if `dispatch_ready` can place a task that fits: on an idle pool worker, on one it
-    /// may fork (rule 2), or nested on a blocked one.
+    /// may fork (scheduler rule 2), or nested on a blocked one.
     pub(super) fn can_place(&self) -> bool {
         self.pool.idle().is_some()
             || self.pool.size() < self.cfg.max_workers

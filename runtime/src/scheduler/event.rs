@@ -15,7 +15,7 @@ use crate::{Error, timeline};
 /// What driver threads ask of the scheduler thread (workers and the fork server speak on
 /// their sockets, which the scheduler polls itself).
 // Nearly every event is `Driver`; boxing it would cost an allocation per event for nothing.
-#[allow(clippy::large_enum_variant)]
+#[expect(clippy::large_enum_variant)]
 pub(crate) enum Event {
     /// A request from the driver; `reply` receives the answer to requests that have one.
     Driver {

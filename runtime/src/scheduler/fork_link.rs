@@ -122,7 +122,7 @@ impl Scheduler {
                 // Killed, or its actor gone, before it existed: end it now that it does.
                 let unwanted = !w.is_open()
                     || w.actor.is_some_and(|a| {
-                        self.actors.by_id.get(&a).is_none_or(|a| a.dead.is_some())
+                        self.actors.by_id.get(&a).is_none_or(|a| a.dead().is_some())
                     });
                 if unwanted {
                     self.on_hangup(worker);

@@ -3,10 +3,9 @@
 
 use std::sync::mpsc::Sender;
 
-use crate::protocol::{FromWorker, Payload, ToWorker};
+use crate::protocol::{FromWorker, ToWorker};
 
 use super::Scheduler;
-use super::objects::{ObjState, Object};
 use super::requests::RequestKind;
 
 /// Who sent a message, and where its answer goes.
@@ -49,13 +48,7 @@ impl Scheduler {
         match msg {
             FromWorker::Hello { worker, pid } => {
                 let Some(slot) = slot else { return };
-                if worker != slot {
-                    return self.kill_worker(slot, "hello from the wrong slot");
-                }
-                self.pool.hello(slot);
-                if let Some(w) = self.pool.workers.get_mut(&slot) {
-                    w.pid = pid;
-                }
+                self.on_hello(slot, worker, pid);
             }
             FromWorker::RefOps(ops) => {
                 for (id, d) in ops {
@@ -68,24 +61,7 @@ impl Scheduler {
                 id,
                 bytes,
                 contained,
-            } => {
-                if self.objects.contains_key(&id) {
-                    return self.bad(slot, "put of an id that exists");
-                }
-                for &c in &contained {
-                    self.own(slot, c, -1);
-                }
-                self.objects.insert(
-                    id,
-                    Object {
-                        state: ObjState::Ready(Payload::Inline(bytes)),
-                        contained,
-                        sealed: true,
-                        ..Object::pending()
-                    },
-                );
-                self.own(slot, id, 1);
-            }
+            } => self.put(slot, id, bytes, contained),
             FromWorker::Create { id, size } => {
                 let Some(k) = client.awaiting() else { return };
                 let r = self.create(slot, id, size);

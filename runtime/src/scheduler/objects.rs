@@ -19,7 +19,7 @@ pub(super) enum ObjState {
 pub(super) struct Object {
     pub(super) refs: i64,
     pub(super) state: ObjState,
-    /// Ids this object's bytes mention; each holds a ref (rule 3).
+    /// Ids this object's bytes mention; each holds a ref (scheduler rule 3).
     pub(super) contained: Vec<Id>,
     /// The object has store memory (sealed or not).
     pub(super) stored: bool,
@@ -51,7 +51,7 @@ pub(super) enum Waiting {
 }
 
 impl Scheduler {
-    /// Records that worker `slot` holds `d` more references to `id` (rule 3).
+    /// Records that worker `slot` holds `d` more references to `id` (scheduler rule 3).
     pub(super) fn own(&mut self, slot: Option<u32>, id: Id, d: i64) {
         if let Some(w) = slot.and_then(|s| self.pool.workers.get_mut(&s)) {
             let e = w.held.entry(id).or_insert(0);
@@ -77,7 +77,7 @@ impl Scheduler {
         while let Some(id) = stack.pop() {
             if self.is_running_return(id) && !self.take_back_unwanted(id) {
                 // Kept (with no refs) until its task ends: the worker may still write it; it is
-                // freed when it resolves (rule 6).
+                // freed when it resolves (scheduler rule 6).
                 continue;
             }
             let Some(o) = self.objects.remove(&id) else {
@@ -102,8 +102,9 @@ impl Scheduler {
                     }
                 }
             }
-            // A task nobody waits for any more: drop it if it has not started (rules 4, 6). An
-            // actor call runs anyway: it is made for its effect on the actor (rule 8).
+            // A task nobody waits for any more: drop it if it has not started (scheduler rules 4,
+            // 6). An actor call runs anyway: it is made for its effect on the actor (scheduler rule
+            // 8).
             if let ObjState::Pending = o.state {
                 let task = self.task_of_return(id);
                 let unstarted = self
@@ -114,7 +115,7 @@ impl Scheduler {
                     self.queue.retain(|&q| q != task);
                     self.release_task_args(task);
                     // Its other returns may have been kept with no refs while it was queued on
-                    // a worker (rule 11): with the task gone, they go too.
+                    // a worker (scheduler rule 11): with the task gone, they go too.
                     let rets: Vec<Id> = std::iter::once(task)
                         .chain(
                             self.tasks
@@ -150,6 +151,27 @@ impl Scheduler {
         );
     }
 
+    /// A small value put inline (`rayfork::put`, or a large argument's bytes): ready at once,
+    /// owned by its putter's handle.
+    pub(super) fn put(&mut self, slot: Option<u32>, id: Id, bytes: Vec<u8>, contained: Vec<Id>) {
+        if self.objects.contains_key(&id) {
+            return self.bad(slot, "put of an id that exists");
+        }
+        for &c in &contained {
+            self.own(slot, c, -1);
+        }
+        self.objects.insert(
+            id,
+            Object {
+                state: ObjState::Ready(Payload::Inline(bytes)),
+                contained,
+                sealed: true,
+                ..Object::pending()
+            },
+        );
+        self.own(slot, id, 1);
+    }
+
     pub(super) fn create(
         &mut self,
         slot: Option<u32>,
@@ -176,7 +198,7 @@ impl Scheduler {
             return Ok((d.offset, d.len));
         }
         // A result of a task this worker runs whose refs were all dropped before it started:
-        // written with no ref, and freed when it resolves (rule 6).
+        // written with no ref, and freed when it resolves (scheduler rule 6).
         let orphan = self
             .tasks
             .get(&self.task_of_return(id))
@@ -298,7 +320,7 @@ impl Scheduler {
                             match r.kind {
                                 RequestKind::Get => r.missing == 0,
                                 RequestKind::Wait { need } => r.ids.len() - r.missing >= need,
-                                // The stream ended (rule 10).
+                                // The stream ended (scheduler rule 10).
                                 RequestKind::Next { .. } => r.missing == 0,
                                 // Only the caller taking items makes room.
                                 RequestKind::YieldRoom => false,

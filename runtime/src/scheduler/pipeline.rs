@@ -9,7 +9,7 @@ use super::pool::Frame;
 use super::resources::Held;
 use super::tasks::TaskState;
 
-/// A task queued on a busy worker (rule 11).
+/// A task queued on a busy worker (scheduler rule 11).
 #[derive(Clone, Copy)]
 pub(super) struct Queued {
     pub(super) task: Id,
@@ -75,8 +75,8 @@ impl Lanes {
 }
 
 impl Scheduler {
-    /// Queues plain tasks from the front of the queue on busy pool workers (rule 11), when no
-    /// frame waits to resume and no worker is being forked for them.
+    /// Queues plain tasks from the front of the queue on busy pool workers (scheduler rule 11),
+    /// when no frame waits to resume and no worker is being forked for them.
     pub(super) fn pipeline(&mut self) {
         if !self.resume.is_empty() || self.pool.starting() > 0 {
             return;
@@ -96,7 +96,7 @@ impl Scheduler {
                 return;
             }
             let cpus = o.num_cpus;
-            // Not behind a frame whose `max_calls` may retire the worker (rule 7).
+            // Not behind a frame whose `max_calls` may retire the worker (scheduler rule 7).
             let target = self
                 .pool
                 .members()
@@ -115,7 +115,7 @@ impl Scheduler {
         }
     }
 
-    /// Arms a claim cell for `id` and sends it to wait on busy worker `slot` (rule 11).
+    /// Arms a claim cell for `id` and sends it to wait on busy worker `slot` (scheduler rule 11).
     pub(super) fn queue_on(&mut self, slot: u32, id: Id, cpus: f64) {
         let run = match self.run_message(id) {
             Ok(run) => run,
@@ -148,8 +148,8 @@ impl Scheduler {
         self.send_to(slot, &msg);
     }
 
-    /// Starts the first task queued on `slot`, whose stack just emptied (rule 11). The worker
-    /// claimed it or will: the scheduler took back every one it could not have claimed.
+    /// Starts the first task queued on `slot`, whose stack just emptied (scheduler rule 11). The
+    /// worker claimed it or will: the scheduler took back every one it could not have claimed.
     pub(super) fn start_queued(&mut self, slot: u32) {
         let Some(w) = self.pool.workers.get_mut(&slot) else {
             return;
@@ -225,8 +225,8 @@ impl Scheduler {
         index.is_some_and(|i| self.take_back_one(slot, i))
     }
 
-    /// Return object `id` lost its last reference: if its task is a pool task still queued
-    /// on a worker and none of its returns is wanted, takes it back (rules 6, 11); true if it
+    /// Return object `id` lost its last reference: if its task is a pool task still queued on a
+    /// worker and none of its returns is wanted, takes it back (scheduler rules 6, 11); true if it
     /// did (the task is then unstarted and can be dropped).
     pub(super) fn take_back_unwanted(&mut self, id: Id) -> bool {
         let task = self.task_of_return(id);
@@ -269,12 +269,12 @@ impl Scheduler {
         }
     }
 
-    /// Moves queued tasks back to the queue while CPUs are free for them and `dispatch_ready`
-    /// can place them (an idle worker, one it may fork, a blocked one to nest on), then places
-    /// them (rule 11): a task never waits behind a long one while it could run, and a blocked
+    /// Moves queued tasks back to the queue while CPUs are free for them and `dispatch_ready` can
+    /// place them (an idle worker, one it may fork, a blocked one to nest on), then places them
+    /// (scheduler rule 11): a task never waits behind a long one while it could run, and a blocked
     /// frame's CPUs serve the tasks queued on other workers as they would have served the queue.
-    /// Newest first, from the busiest worker first. Not while a frame waits to resume (rule 1),
-    /// nor while a task in the queue could start: that one goes first.
+    /// Newest first, from the busiest worker first. Not while a frame waits to resume (scheduler
+    /// rule 1), nor while a task in the queue could start: that one goes first.
     pub(super) fn balance(&mut self) {
         while self.lanes.queued() > 0
             && self.resume.is_empty()

@@ -1,5 +1,5 @@
 //! The worker pool: worker processes, their stacks of frames, death (scheduler rule 4) and
-//! retirement (rule 7). Must not decide retries: it asks the task table.
+//! retirement (scheduler rule 7). Must not decide retries: it asks the task table.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::os::unix::net::UnixStream;
@@ -19,17 +19,17 @@ use super::tasks::{AfterLoss, TaskState};
 pub(super) struct Frame {
     pub(super) task: Id,
     pub(super) cpus: f64,
-    /// GPUs and custom resources, held until the frame leaves the stack (rule 1).
+    /// GPUs and custom resources, held until the frame leaves the stack (scheduler rule 1).
     pub(super) other: Held,
     /// Blocked in this request.
     pub(super) blocked: Option<u64>,
-    /// The answer to its request, held until the frame is on top and has CPUs (rule 1).
+    /// The answer to its request, held until the frame is on top and has CPUs (scheduler rule 1).
     pub(super) pending: Option<ToWorker>,
-    /// For a frame at the bottom of the stack: the sequence number of the last task queued on
-    /// the worker before this frame's task was sent (rule 11). When it is done, every queued
+    /// For a frame at the bottom of the stack: the sequence number of the last task queued on the
+    /// worker before this frame's task was sent (scheduler rule 11). When it is done, every queued
     /// task up to that one is settled on the worker's side.
     pub(super) mark: u64,
-    /// For a task started from the worker's queue: its claim cell and ticket (rule 11).
+    /// For a task started from the worker's queue: its claim cell and ticket (scheduler rule 11).
     pub(super) claim: Option<(u32, u64)>,
 }
 
@@ -54,7 +54,7 @@ pub(super) enum Link {
     /// The driver's end of its socket, non-blocking, in the epoll set.
     Open(UnixStream),
     /// Hung up, killed or unreachable: nothing more is read or sent; its exit comes from the
-    /// fork server (rule 4).
+    /// fork server (scheduler rule 4).
     Closed,
 }
 
@@ -66,31 +66,31 @@ pub(super) enum Phase {
     Starting,
     /// Said `Hello`: takes work.
     Ready,
-    /// Reached a `max_calls`: takes no more work (rule 7).
+    /// Reached a `max_calls`: takes no more work (scheduler rule 7).
     Retiring,
-    /// Sent `Exit`: its end is a retirement, not a crash (rule 7).
+    /// Sent `Exit`: its end is a retirement, not a crash (scheduler rule 7).
     Exiting,
 }
 
 pub(super) struct Worker {
     /// Its pid, from the fork server; 0 while `Forking`.
     pub(super) pid: i32,
-    /// The actor this worker belongs to (rule 8); `None` for a pool worker.
+    /// The actor this worker belongs to (scheduler rule 8); `None` for a pool worker.
     pub(super) actor: Option<Id>,
     pub(super) link: Link,
     phase: Phase,
     pub(super) reader: FrameReader,
     pub(super) out: FrameWriter,
     pub(super) stack: Vec<Frame>,
-    /// Net references held by this worker's handles (rule 3).
+    /// Net references held by this worker's handles (scheduler rule 3).
     pub(super) held: IdMap<Id, i64>,
-    /// Tasks run per function, counted for functions called with `max_calls` (rule 7).
+    /// Tasks run per function, counted for functions called with `max_calls` (scheduler rule 7).
     pub(super) calls: HashMap<String, u32>,
     /// Its socket is in the epoll set for writability too (output is waiting for room).
     pub(super) out_armed: bool,
-    /// Its lane of claim cells, if one was free when it was forked (rule 11).
+    /// Its lane of claim cells, if one was free when it was forked (scheduler rule 11).
     pub(super) lane: Option<u32>,
-    /// Tasks queued on it, in the order sent (rule 11).
+    /// Tasks queued on it, in the order sent (scheduler rule 11).
     pub(super) queued: VecDeque<Queued>,
     /// The sequence number of the last task queued on it.
     pub(super) last_seq: u64,
@@ -144,13 +144,13 @@ impl Worker {
     }
 
     /// True for a pool worker that is up, connected and takes work (not an actor's, not
-    /// retiring: rules 7, 8).
+    /// retiring: scheduler rules 7, 8).
     pub(super) fn takes_pool_work(&self) -> bool {
         self.actor.is_none() && self.phase == Phase::Ready && self.is_open()
     }
 
     /// True if a task needing `cpus` can be queued behind its running frame, with at most
-    /// `depth` tasks queued (rule 11).
+    /// `depth` tasks queued (scheduler rule 11).
     pub(super) fn can_queue(&self, cpus: f64, depth: usize) -> bool {
         self.lane.is_some()
             && self.phase == Phase::Ready
@@ -217,7 +217,7 @@ impl Pool {
         }
     }
 
-    /// Worker `slot` reached a `max_calls` (rule 7).
+    /// Worker `slot` reached a `max_calls` (scheduler rule 7).
     pub(super) fn retire(&mut self, slot: u32) {
         if let Some(w) = self.workers.get_mut(&slot) {
             if w.phase == Phase::Ready {
@@ -252,7 +252,8 @@ impl Pool {
     }
 
     /// Pool workers alive or starting, that will take work (actor workers are not counted,
-    /// rule 8; nor retiring ones, rule 7: a replacement may be forked while one finishes).
+    /// scheduler rule 8; nor retiring ones, scheduler rule 7: a replacement may be forked while one
+    /// finishes).
     pub(super) fn size(&self) -> usize {
         self.members()
             .filter(|(_, w)| matches!(w.phase, Phase::Starting | Phase::Ready))
@@ -274,7 +275,7 @@ impl Pool {
     }
 
     /// The lowest pool worker whose top frame is blocked with no answer waiting: it can run a
-    /// task nested (rule 2).
+    /// task nested (scheduler rule 2).
     pub(super) fn blocked(&self) -> Option<u32> {
         self.members()
             .find(|(_, w)| {
@@ -292,7 +293,8 @@ impl Scheduler {
         self.spawn_worker_for(None);
     }
 
-    /// Forks a worker for the pool, or for `actor` (rule 8); its slot if the request went out.
+    /// Forks a worker for the pool, or for `actor` (scheduler rule 8); its slot if the request went
+    /// out.
     pub(super) fn spawn_worker_for(&mut self, actor: Option<Id>) -> Option<u32> {
         let slot = self.pool.next_slot();
         if !self.fork.spawn(slot) {
@@ -303,6 +305,17 @@ impl Scheduler {
         self.stats.workers_started += 1;
         self.stats.peak_workers = self.stats.peak_workers.max(self.pool.workers.len());
         Some(slot)
+    }
+
+    /// Worker `slot` said `Hello`: it takes work from now on.
+    pub(super) fn on_hello(&mut self, slot: u32, worker: u32, pid: i32) {
+        if worker != slot {
+            return self.kill_worker(slot, "hello from the wrong slot");
+        }
+        self.pool.hello(slot);
+        if let Some(w) = self.pool.workers.get_mut(&slot) {
+            w.pid = pid;
+        }
     }
 
     pub(super) fn on_hangup(&mut self, slot: u32) {
@@ -387,9 +400,9 @@ impl Scheduler {
         });
     }
 
-    /// Gives back what the dead worker's frames held (rule 1: the CPUs of a running top frame,
-    /// every frame's GPUs and custom resources), drops their requests, and ends their runs in
-    /// the timeline.
+    /// Gives back what the dead worker's frames held (scheduler rule 1: the CPUs of a running top
+    /// frame, every frame's GPUs and custom resources), drops their requests, and ends their runs
+    /// in the timeline.
     fn release_stack(&mut self, slot: u32, w: &Worker) {
         self.resume.retain(|&s| s != slot);
         for f in &w.stack {
@@ -440,8 +453,8 @@ impl Scheduler {
         }
     }
 
-    /// Settles every task of the dead worker's stack: rule 4 (retry or fail, cancellation
-    /// first) for a pool worker, rule 8 for an actor's.
+    /// Settles every task of the dead worker's stack: scheduler rule 4 (retry or fail, cancellation
+    /// first) for a pool worker, scheduler rule 8 for an actor's.
     fn settle_stack(&mut self, slot: u32, w: &Worker, crash: &str) {
         let Some(actor) = w.actor else {
             for f in w.stack.iter().rev() {
@@ -450,7 +463,7 @@ impl Scheduler {
             }
             return;
         };
-        // A cancelled call resolves as cancelled (rule 9); the others die with the actor.
+        // A cancelled call resolves as cancelled (scheduler rule 9); the others die with the actor.
         for f in &w.stack {
             if let verdict @ AfterLoss::Cancelled = self.loss_of(slot, f.task) {
                 self.settle_loss(f.task, verdict, crash);
@@ -460,7 +473,7 @@ impl Scheduler {
     }
 
     /// After a frame left a worker: resume the frame below, or start its next queued task
-    /// (rule 11), or mark the worker idle.
+    /// (scheduler rule 11), or mark the worker idle.
     pub(super) fn after_pop(&mut self, slot: u32) {
         let Some(w) = self.pool.workers.get(&slot) else {
             return;
@@ -498,7 +511,7 @@ impl Scheduler {
         }
     }
 
-    /// Sends `Exit` to a retiring worker once its stack is empty (rule 7).
+    /// Sends `Exit` to a retiring worker once its stack is empty (scheduler rule 7).
     pub(super) fn retire_if_done(&mut self, slot: u32) {
         let Some(w) = self.pool.workers.get_mut(&slot) else {
             return;

@@ -18,11 +18,11 @@ pub(super) enum RequestKind {
     Wait {
         need: usize,
     },
-    /// Item `index` of the stream of the task `ids[0]` (rule 10).
+    /// Item `index` of the stream of the task `ids[0]` (scheduler rule 10).
     Next {
         index: u64,
     },
-    /// A generator waits for room in its stream `ids[0]` (rule 10).
+    /// A generator waits for room in its stream `ids[0]` (scheduler rule 10).
     YieldRoom,
 }
 
@@ -183,7 +183,7 @@ impl Scheduler {
     }
 
     /// `answer`, plus what answering a `Next` does: the stream's reference to the item moves
-    /// to the asker, and the generator may get room (rule 10).
+    /// to the asker, and the generator may get room (scheduler rule 10).
     pub(super) fn answer_to(
         &mut self,
         client: &Requester,

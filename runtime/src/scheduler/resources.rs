@@ -12,8 +12,8 @@ use super::gpus::Gpus;
 /// Slack for sums of fractional amounts: `0.1 + 0.2` CPUs fit in `0.3`.
 pub(super) const EPS: f64 = 1e-9;
 
-/// GPUs and custom resources held by a frame from its start until it leaves the stack (rule 1).
-/// Made only by `Resources::acquire`; given back with `Resources::release`.
+/// GPUs and custom resources held by a frame from its start until it leaves the stack (scheduler
+/// rule 1). Made only by `Resources::acquire`; given back with `Resources::release`.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Held {
     /// GPU devices and the share of each (gpus.rs).
@@ -21,7 +21,7 @@ pub(super) struct Held {
     pub(super) custom: Vec<(String, f64)>,
 }
 
-/// The runtime's resource totals and what running frames hold of them (rule 1).
+/// The runtime's resource totals and what running frames hold of them (scheduler rule 1).
 pub(super) struct Resources {
     cpus_total: f64,
     /// CPUs held by running frames (a blocked frame holds none).
@@ -46,7 +46,7 @@ impl Resources {
         }
     }
 
-    /// Why a task with these options can never run here, if it cannot (rule 1).
+    /// Why a task with these options can never run here, if it cannot (scheduler rule 1).
     pub(super) fn never_fits(&self, name: &str, opts: &TaskOpts) -> Option<Error> {
         let over = |resource: &str, requested: f64, total: f64| {
             // Written so that NaN never fits.
@@ -91,7 +91,7 @@ impl Resources {
         (self.cpus_total - self.cpus_used).max(1.0).ceil() as usize
     }
 
-    /// True if the task's GPUs and custom resources are free now (rule 1).
+    /// True if the task's GPUs and custom resources are free now (scheduler rule 1).
     pub(super) fn fits_other(&self, opts: &TaskOpts) -> bool {
         self.gpus.pick(opts.num_gpus).is_some()
             && opts.resources.iter().all(|(r, amount)| {

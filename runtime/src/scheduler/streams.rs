@@ -9,7 +9,7 @@ use super::messages::Requester;
 use super::objects::ObjState;
 use super::requests::RequestKind;
 
-/// The items of a generator task (rule 10).
+/// The items of a generator task (scheduler rule 10).
 pub(super) struct Stream {
     /// Items yielded so far; the stream holds one reference to each until the caller takes it
     /// (then `None`: the reference moved to the caller).
@@ -92,8 +92,8 @@ impl Scheduler {
         }
     }
 
-    /// A generator yielded `item` (rule 10): checked, moved to its stream, handed to waiting
-    /// callers; the generator goes on at once if the stream has room.
+    /// A generator yielded `item` (scheduler rule 10): checked, moved to its stream, handed to
+    /// waiting callers; the generator goes on at once if the stream has room.
     pub(super) fn on_yield(&mut self, slot: u32, task: Id, item: Id) {
         let on_top = self
             .pool

@@ -104,12 +104,12 @@ impl Task {
 pub(super) enum AfterLoss {
     /// It left the table already: nothing to do.
     Gone,
-    /// It was asked to stop: it resolves to `TaskCancelled`, never retried (rule 9).
+    /// It was asked to stop: it resolves to `TaskCancelled`, never retried (scheduler rule 9).
     Cancelled,
     /// An innocent frame of a worker killed for another task's cancel: it goes again, at the
-    /// front of the queue, with its attempt given back (rule 9).
+    /// front of the queue, with its attempt given back (scheduler rule 9).
     Resubmit,
-    /// A crash with attempts left: it goes again, at the front of the queue (rule 4).
+    /// A crash with attempts left: it goes again, at the front of the queue (scheduler rule 4).
     Retry,
     /// A crash with no attempt left (or a generator): `WorkerCrashed`.
     Fail,
@@ -125,7 +125,7 @@ impl Scheduler {
             return self.bad(slot, "submit with a return id that exists or repeats");
         }
         self.events.submitted(id);
-        // The references the spec mentions move from the submitter to the task (rule 4).
+        // The references the spec mentions move from the submitter to the task (scheduler rule 4).
         for c in spec.arg_ids() {
             self.own(slot, c, -1);
         }
@@ -230,7 +230,7 @@ impl Scheduler {
         }
     }
 
-    /// Gives the task's argument references back (rule 3).
+    /// Gives the task's argument references back (scheduler rule 3).
     pub(super) fn release_task_args(&mut self, id: Id) {
         let Some(t) = self.tasks.get(&id) else { return };
         let ids: Vec<Id> = t.spec.arg_ids().collect();
@@ -239,8 +239,8 @@ impl Scheduler {
         }
     }
 
-    /// Stores a task's final result and wakes whoever waits for it. An error fails all its
-    /// return objects (rule 6); values of extra returns are set by `finish_task_all` first.
+    /// Stores a task's final result and wakes whoever waits for it. An error fails all its return
+    /// objects (scheduler rule 6); values of extra returns are set by `finish_task_all` first.
     pub(super) fn finish_task(&mut self, id: Id, result: Result<ReturnValue, Error>) {
         let outcome = timeline::RunEnd::of(&result);
         self.finish_task_as(id, result, outcome);
@@ -271,9 +271,15 @@ impl Scheduler {
             }
         }
         // An actor whose constructor failed (also unrun: a failed argument, a cancel) is gone,
-        // so that later calls fail instead of waiting for it (rule 8).
+        // so that later calls fail instead of waiting for it (scheduler rule 8).
         let ctor_failed = match &result {
-            Err(e) if self.actors.by_id.get(&id).is_some_and(|a| a.dead.is_none()) => {
+            Err(e)
+                if self
+                    .actors
+                    .by_id
+                    .get(&id)
+                    .is_some_and(|a| a.dead().is_none()) =>
+            {
                 Some(e.clone())
             }
             _ => None,
@@ -310,7 +316,7 @@ impl Scheduler {
             }
         }
         self.notify(id);
-        // Nobody held it while its task ran (rule 6): free it now.
+        // Nobody held it while its task ran (scheduler rule 6): free it now.
         if self.objects.get(&id).is_some_and(|o| o.refs <= 0) {
             self.free(id);
         }
@@ -327,7 +333,7 @@ impl Scheduler {
             return self.kill_worker(slot, "done for a task it was not running");
         }
         // Validate before touching any state, so a kill leaves the task on the worker's stack
-        // for the death handler (rule 5).
+        // for the death handler (scheduler rule 5).
         let result = match outcome {
             Outcome::Ok { payload, contained } => Ok(vec![ReturnValue { payload, contained }]),
             Outcome::Many(values) => Ok(values),
@@ -350,7 +356,8 @@ impl Scheduler {
         let w = self.pool.workers.get_mut(&slot).expect("checked above");
         let frame = w.stack.pop().expect("checked above");
         if w.stack.is_empty() {
-            // Every task queued before this one was sent is settled on the worker (rule 11).
+            // Every task queued before this one was sent is settled on the worker (scheduler rule
+            // 11).
             w.settled = w.settled.max(frame.mark);
         }
         self.res.give_cpus(frame.cpus);
@@ -390,7 +397,7 @@ impl Scheduler {
                 .is_some_and(|t| t.spec.extra.iter().any(alive))
     }
 
-    /// True if `id` is a pending return object of a task that is running (rule 6).
+    /// True if `id` is a pending return object of a task that is running (scheduler rule 6).
     pub(super) fn is_running_return(&self, id: Id) -> bool {
         self.objects
             .get(&id)
@@ -430,8 +437,8 @@ impl Scheduler {
         }
     }
 
-    /// The return values of a `Done`, checked against the task (rules 5 and 6): one per return
-    /// id, and each stored one sealed under its own id. Stored payloads are replaced by the
+    /// The return values of a `Done`, checked against the task (scheduler rules 5 and 6): one per
+    /// return id, and each stored one sealed under its own id. Stored payloads are replaced by the
     /// store's own descriptor. The error says why the worker must be killed.
     pub(super) fn checked_returns(
         &self,
@@ -466,7 +473,7 @@ impl Scheduler {
             .collect()
     }
 
-    /// Finishes a task with all its return values, checked by `checked_returns` (rule 6).
+    /// Finishes a task with all its return values, checked by `checked_returns` (scheduler rule 6).
     pub(super) fn finish_task_all(&mut self, task: Id, result: Result<Vec<ReturnValue>, Error>) {
         let mut values = match result {
             Ok(v) => v,
@@ -491,7 +498,7 @@ impl Scheduler {
     }
 
     /// Frees what a failed attempt stored under the task's return ids, so that its retry can
-    /// write them again (rule 4).
+    /// write them again (scheduler rule 4).
     pub(super) fn reset_returns(&mut self, task: Id) {
         let mut ids = vec![task];
         if let Some(t) = self.tasks.get(&task) {
@@ -556,7 +563,7 @@ mod tests {
         assert!(retries_error(&all, &failed("anything")));
         assert!(retries_error(&some, &failed("connection reset by peer")));
         assert!(!retries_error(&some, &failed("bad input")));
-        // Only application errors: never a crash (scheduler rule 4) or a cancel (rule 9).
+        // Only application errors: never a crash (scheduler rule 4) or a cancel (scheduler rule 9).
         assert!(!retries_error(&all, &crash));
         assert!(!retries_error(
             &all,
