@@ -365,32 +365,24 @@ fn max_calls_one_gives_a_new_process_per_task() {
 /// effect: the generated options type forwards them (issue 11), it does not declare its own.
 #[test]
 fn remote_options_have_every_task_option() {
-    fn set(o: rayfork::TaskOptions) -> rayfork::TaskOptions {
-        o.max_retries(1)
-            .num_cpus(0.5)
-            .name("n")
-            .retry_exceptions(true)
-            .retry_exceptions_matching(["reset"])
-            .num_gpus(0.25)
-            .resource("db", 1.0)
-            .resources([("disk", 0.5), ("db", 2.0)])
-            .resources::<&str>([])
-            .backpressure(2)
-            .max_calls(3)
+    // The same calls on both types (they share no trait: the macro forwards each setter).
+    macro_rules! set_all {
+        ($o:expr) => {
+            $o.max_retries(1)
+                .num_cpus(0.5)
+                .name("n")
+                .retry_exceptions(true)
+                .retry_exceptions_matching(["reset"])
+                .num_gpus(0.25)
+                .resource("db", 1.0)
+                .resources([("disk", 0.5), ("db", 2.0)])
+                .resources::<&str>([])
+                .backpressure(2)
+                .max_calls(3)
+        };
     }
-    let forwarded = square::options()
-        .max_retries(1)
-        .num_cpus(0.5)
-        .name("n")
-        .retry_exceptions(true)
-        .retry_exceptions_matching(["reset"])
-        .num_gpus(0.25)
-        .resource("db", 1.0)
-        .resources([("disk", 0.5), ("db", 2.0)])
-        .resources::<&str>([])
-        .backpressure(2)
-        .max_calls(3);
-    let direct = set(rayfork::TaskOptions::default());
+    let forwarded = set_all!(square::options());
+    let direct = set_all!(rayfork::TaskOptions::default());
     assert_eq!(format!("{forwarded:?}"), format!("Options({direct:?})"));
 }
 

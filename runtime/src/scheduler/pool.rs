@@ -137,6 +137,14 @@ impl Worker {
         }
     }
 
+    /// True if `task` is its running (not blocked) top frame: the one frame that may send
+    /// `Done` or `Yield` (rule 2 in protocol.rs).
+    pub(super) fn runs_on_top(&self, task: Id) -> bool {
+        self.stack
+            .last()
+            .is_some_and(|f| f.task == task && f.blocked.is_none())
+    }
+
     /// True if it said `Hello` and its socket is open: it can be sent a task (an actor's
     /// worker even while retiring).
     pub(super) fn is_up(&self) -> bool {

@@ -327,8 +327,7 @@ impl Scheduler {
             .pool
             .workers
             .get(&slot)
-            .and_then(|w| w.stack.last())
-            .is_some_and(|f| f.task == task && f.blocked.is_none());
+            .is_some_and(|w| w.runs_on_top(task));
         if !on_top {
             return self.kill_worker(slot, "done for a task it was not running");
         }
