@@ -23,6 +23,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::errno::Errno;
+use nix::fcntl::SealFlag;
 use nix::sys::mman::{MapFlags, ProtFlags};
 
 use crate::store::Descriptor;
@@ -305,7 +306,9 @@ unsafe impl Sync for ShmArena {}
 impl ShmArena {
     /// Creates a new arena of `capacity` bytes (header included; rounded up to whole pages).
     ///
-    /// `memfd_create(MFD_CLOEXEC)` + `ftruncate` + `mmap(MAP_SHARED)`. Refuses with
+    /// `memfd_create(MFD_CLOEXEC | MFD_ALLOW_SEALING)` + `ftruncate` + seals against any
+    /// change of size (`F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`: a process holding the fd
+    /// cannot truncate the memory under another's mapping) + `mmap(MAP_SHARED)`. Refuses with
     /// [`ArenaError::TooLarge`] when the machine cannot back that many bytes now (memory + swap,
     /// cgroup limit, RLIMIT_FSIZE), rather than let a process die of SIGBUS on first touch later.
     /// The header is written last.
@@ -335,7 +338,7 @@ impl ShmArena {
         let off_len = libc::off_t::try_from(capacity).map_err(|_| too_large.clone())?;
         let fd = nix::sys::memfd::memfd_create(
             c"rayfork-plasma",
-            nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+            nix::sys::memfd::MFdFlags::MFD_CLOEXEC | nix::sys::memfd::MFdFlags::MFD_ALLOW_SEALING,
         )
         .map_err(os("memfd_create"))?;
         nix::unistd::ftruncate(&fd, off_len).map_err(|e| match e {
@@ -345,6 +348,12 @@ impl ShmArena {
                 errno,
             },
         })?;
+        // The size is final: no process that holds the fd (a worker running untrusted code)
+        // can shrink the file under the others' mappings, which would kill them with SIGBUS
+        // on their next touch, nor grow it, nor lift the seals.
+        let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+        nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_ADD_SEALS(seals))
+            .map_err(os("fcntl(F_ADD_SEALS)"))?;
         let base = Self::map(&fd, len)?;
         let arena = ShmArena { fd, base, capacity };
         // SAFETY: the mapping is fresh, page aligned, at least HEADER_SIZE long, and not yet
@@ -553,6 +562,20 @@ impl Arena for HeapArena {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[cfg_attr(miri, ignore = "memfd/mmap/procfs are not supported by Miri")]
+    fn the_arena_size_is_sealed() {
+        let a = ShmArena::create(64 * 1024).unwrap();
+        // A dup, as a worker holds it: neither shrinking, growing nor unsealing is allowed.
+        let fd = a.fd().try_clone_to_owned().unwrap();
+        assert_eq!(nix::unistd::ftruncate(&fd, 0), Err(Errno::EPERM));
+        assert_eq!(nix::unistd::ftruncate(&fd, 1 << 20), Err(Errno::EPERM));
+        let unseal = nix::fcntl::FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_WRITE);
+        assert_eq!(nix::fcntl::fcntl(&fd, unseal), Err(Errno::EPERM));
+        let b = ShmArena::from_fd(fd).unwrap();
+        assert_eq!(b.capacity(), a.capacity());
+    }
 
     #[test]
     #[cfg_attr(miri, ignore = "memfd/mmap/procfs are not supported by Miri")]
