@@ -47,15 +47,149 @@ fn sum(a: Array<i64>) -> i64 {
 
 #[test]
 fn a_task_cannot_resize_the_shared_memory_under_the_driver() {
-    let _w = watchdog("a_task_cannot_resize_the_shared_memory_under_the_driver", LIMIT);
+    let _w = watchdog(
+        "a_task_cannot_resize_the_shared_memory_under_the_driver",
+        LIMIT,
+    );
     let rt = runtime();
     let data: Vec<i64> = (0..1_000_000).collect();
     let expected: i64 = data.iter().sum();
     let arr = rt.put_array(&data).unwrap();
     let (found, resized) = rt.get(&truncate_every_memfd::remote()).unwrap();
-    assert!(found >= 2, "the worker holds the arena and the flags: found {found}");
+    assert!(
+        found >= 2,
+        "the worker holds the arena and the flags: found {found}"
+    );
     assert_eq!(resized, 0, "a task resized the shared memory");
     // Had the arena shrunk, this read (in the driver) would die of SIGBUS.
     assert_eq!(arr.iter().sum::<i64>(), expected);
     assert_eq!(rt.get(&sum::remote(arr.clone())).unwrap(), expected);
+}
+
+/// Writes its pid to `path`, then never returns.
+#[remote]
+fn park_forever(path: String) -> u32 {
+    std::fs::write(&path, std::process::id().to_string()).unwrap();
+    loop {
+        std::thread::park();
+    }
+}
+
+/// Claims, in a second `Hello`, to be process `pid`; then never returns.
+#[remote]
+fn claim_pid(path: String, pid: i32) -> u32 {
+    let sent = rayfork::__private::hostile::hello(pid);
+    std::fs::write(&path, if sent { "sent" } else { "failed" }).unwrap();
+    loop {
+        std::thread::park();
+    }
+}
+
+fn read_when_written(path: &std::path::Path) -> String {
+    assert!(
+        rayfork_tests::eventually(LIMIT, || std::fs::metadata(path).is_ok_and(|m| m.len() > 0)),
+        "{} never written",
+        path.display()
+    );
+    std::fs::read_to_string(path).unwrap()
+}
+
+#[test]
+fn a_worker_cannot_name_a_pid_for_the_runtime_to_kill() {
+    let _w = watchdog("a_worker_cannot_name_a_pid_for_the_runtime_to_kill", LIMIT);
+    let rt = runtime();
+    let dir = std::env::temp_dir().join(format!("rayfork-hostile-pid-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let victim = park_forever::remote(p("victim"));
+    let victim_pid: i32 = read_when_written(&dir.join("victim")).parse().unwrap();
+    let liar = claim_pid::options()
+        .max_retries(0)
+        .remote(p("liar"), victim_pid);
+    assert_eq!(read_when_written(&dir.join("liar")), "sent");
+    // Stopping the liar must stop the liar (killed for its lie, or by the cancel), never the
+    // process it named.
+    rayfork::cancel_with(&liar, rayfork::CancelMode::default().force()).unwrap();
+    // A safety net well inside the watchdog's: a liar that cannot be stopped fails here.
+    match rayfork::get_timeout(&liar, Duration::from_secs(30)) {
+        Err(rayfork::Error::TaskCancelled { .. } | rayfork::Error::WorkerCrashed { .. }) => {}
+        other => panic!("the liar should have been stopped, got {other:?}"),
+    }
+    assert!(
+        rayfork_tests::alive(victim_pid),
+        "the runtime killed the named process"
+    );
+    rayfork::cancel_with(&victim, rayfork::CancelMode::default().force()).unwrap();
+    assert!(matches!(
+        rt.get(&victim),
+        Err(rayfork::Error::TaskCancelled { .. })
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The driver's resident memory, in bytes.
+fn driver_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// Sends a frame header announcing `len` bytes and `body` bytes of it, then asks for a value
+/// (a real message, which would be read as part of the frame), then never returns.
+#[remote]
+fn announce_frame(len: u32, body: u32) -> u32 {
+    let mut bytes = len.to_le_bytes().to_vec();
+    bytes.resize(4 + body as usize, 7);
+    assert!(rayfork::__private::hostile::raw(&bytes));
+    let answer = rayfork::get(&rayfork::put(&1u32).unwrap());
+    eprintln!("a reply came: {answer:?}");
+    loop {
+        std::thread::park();
+    }
+}
+
+#[test]
+fn an_oversized_frame_header_kills_its_worker_without_an_allocation() {
+    let _w = watchdog("an_oversized_frame_header_kills_its_worker", LIMIT);
+    let rt = runtime();
+    let before = driver_rss();
+    let r = announce_frame::options().max_retries(0).remote(1 << 30, 0);
+    match rayfork::get_timeout(&r, Duration::from_secs(60)) {
+        Err(rayfork::Error::WorkerCrashed { .. }) => {}
+        other => panic!("the worker should have been killed, got {other:?}"),
+    }
+    let grown = driver_rss().saturating_sub(before);
+    assert!(grown < 256 << 20, "the driver grew by {grown} bytes");
+    assert_eq!(
+        rt.get(&sum::remote(rt.put_array(&[1i64, 2]).unwrap()))
+            .unwrap(),
+        3
+    );
+}
+
+#[test]
+fn a_stalled_partial_frame_kills_its_worker_and_costs_what_arrived() {
+    let _w = watchdog("a_stalled_partial_frame_kills_its_worker", LIMIT);
+    let rt = runtime();
+    let before = driver_rss();
+    // Under the limit, but only 1 KiB of it ever comes.
+    let r = announce_frame::options()
+        .max_retries(0)
+        .remote(200 << 20, 1024);
+    match rayfork::get_timeout(&r, Duration::from_secs(90)) {
+        Err(rayfork::Error::WorkerCrashed { .. }) => {}
+        other => panic!("the worker should have been killed, got {other:?}"),
+    }
+    let grown = driver_rss().saturating_sub(before);
+    assert!(grown < 64 << 20, "the driver grew by {grown} bytes");
+    assert_eq!(
+        rt.get(&sum::remote(rt.put_array(&[1i64, 2]).unwrap()))
+            .unwrap(),
+        3
+    );
 }

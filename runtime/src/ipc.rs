@@ -20,6 +20,12 @@ use crate::codec;
 /// Frames larger than this are refused as corrupt (values this big go through the store).
 pub(crate) const MAX_FRAME: usize = 1 << 30;
 
+/// The largest frame the scheduler takes from a worker. A worker's messages carry ids and
+/// small inline values (larger ones go through the store), so this is far more than any of
+/// them needs; a larger header is a corrupt or hostile worker, refused before any byte of it
+/// is buffered.
+pub(crate) const MAX_WORKER_FRAME: usize = 256 << 20;
+
 /// Largest fork-server packet.
 const MAX_PACKET: usize = 64 * 1024;
 
@@ -53,19 +59,54 @@ const KEEP_BUFFER: usize = 1 << 20;
 ///
 /// The buffer is always initialized (`buf.len()` is its capacity); `buf[start..end]` holds
 /// bytes received but not yet decoded.
-#[derive(Debug, Default)]
+///
+/// Its buffer grows with the bytes that arrive (at most twice what is buffered, plus a read
+/// chunk), never with what a header announces: a header announcing a large frame costs
+/// nothing until its bytes come.
+#[derive(Debug)]
 pub(crate) struct FrameReader {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// Frames announcing more bytes than this are refused as corrupt.
+    limit: usize,
+    /// Bytes received so far, for telling a stalled frame from a slow one.
+    received: u64,
+}
+
+impl Default for FrameReader {
+    fn default() -> Self {
+        FrameReader::with_limit(MAX_FRAME)
+    }
 }
 
 impl FrameReader {
+    /// A reader that refuses frames of more than `limit` bytes.
+    pub(crate) fn with_limit(limit: usize) -> FrameReader {
+        FrameReader {
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            limit,
+            received: 0,
+        }
+    }
+
+    /// True while part of a frame is buffered and the rest has not come.
+    pub(crate) fn in_frame(&self) -> bool {
+        self.start < self.end
+    }
+
+    /// Bytes received since the reader was made.
+    pub(crate) fn received(&self) -> u64 {
+        self.received
+    }
+
     /// The next complete frame, if one is buffered. A frame that fails to decode is an error:
     /// the stream is corrupt and must be dropped.
     pub(crate) fn next<T: DeserializeOwned>(&mut self) -> io::Result<Option<T>> {
         let avail = &self.buf[self.start..self.end];
-        let Some(len) = frame_len(avail)? else {
+        let Some(len) = frame_len(avail, self.limit)? else {
             return Ok(None);
         };
         if avail.len() < 4 + len {
@@ -92,6 +133,7 @@ impl FrameReader {
             match recv(sock.as_fd().as_raw_fd(), &mut self.buf[self.end..], flags) {
                 Ok(n) => {
                     self.end += n;
+                    self.received += n as u64;
                     return Ok(n);
                 }
                 Err(nix::errno::Errno::EINTR) => continue,
@@ -100,11 +142,15 @@ impl FrameReader {
         }
     }
 
-    /// Makes room for at least one read chunk, or for the whole frame being received.
+    /// Makes room for at least one read chunk, and for more of the frame being received: up to
+    /// the whole frame, but never more than twice what is buffered (plus a chunk), so that
+    /// the buffer grows with the bytes that arrive, not with what the header announces.
     fn make_room(&mut self) -> io::Result<()> {
         let pending = self.end - self.start;
-        let need = match frame_len(&self.buf[self.start..self.end])? {
-            Some(len) => (4 + len).max(pending + READ_CHUNK),
+        let need = match frame_len(&self.buf[self.start..self.end], self.limit)? {
+            Some(len) => (4 + len)
+                .min(2 * pending + READ_CHUNK)
+                .max(pending + READ_CHUNK),
             None => pending + READ_CHUNK,
         };
         if self.buf.len() - self.end < READ_CHUNK.min(need - pending) && self.start > 0 {
@@ -120,12 +166,12 @@ impl FrameReader {
 }
 
 /// The length announced by the frame header at the start of `bytes`, once it is complete.
-fn frame_len(bytes: &[u8]) -> io::Result<Option<usize>> {
+fn frame_len(bytes: &[u8], limit: usize) -> io::Result<Option<usize>> {
     let Some(head) = bytes.first_chunk::<4>() else {
         return Ok(None);
     };
     let len = u32::from_le_bytes(*head) as usize;
-    if len > MAX_FRAME {
+    if len > limit {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("frame of {len} bytes exceeds the limit"),
@@ -272,4 +318,47 @@ pub(crate) fn recv_packet<T: DeserializeOwned>(
     let msg =
         codec::decode(&buf[..len]).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     Ok(Some((msg, fds)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+
+    #[test]
+    fn the_buffer_grows_with_the_bytes_that_arrive_not_with_the_header() {
+        let (mut tx, rx) = UnixStream::pair().unwrap();
+        let mut r = FrameReader::with_limit(MAX_WORKER_FRAME);
+        let mut bytes = (200u32 << 20).to_le_bytes().to_vec();
+        bytes.resize(4 + 1024, 7);
+        tx.write_all(&bytes).unwrap();
+        while r.received() < bytes.len() as u64 {
+            r.fill(&rx, MsgFlags::empty()).unwrap();
+        }
+        assert!(r.in_frame());
+        assert!(r.next::<u32>().unwrap().is_none());
+        assert!(r.buf.len() < 1 << 20, "buffer of {} bytes", r.buf.len());
+        // The rest of the frame makes it grow, in steps, to the whole frame.
+        let rest = vec![0u8; (200 << 20) - 1024];
+        std::thread::scope(|s| {
+            s.spawn(|| tx.write_all(&rest).unwrap());
+            while r.received() < 4 + (200 << 20) {
+                r.fill(&rx, MsgFlags::empty()).unwrap();
+            }
+        });
+        assert!(r.buf.len() >= 4 + (200 << 20));
+    }
+
+    #[test]
+    fn a_header_over_the_limit_is_refused_before_its_bytes() {
+        let (mut tx, rx) = UnixStream::pair().unwrap();
+        let mut r = FrameReader::with_limit(MAX_WORKER_FRAME);
+        tx.write_all(&(1u32 << 30).to_le_bytes()).unwrap();
+        r.fill(&rx, MsgFlags::empty()).unwrap();
+        let e = r.fill(&rx, MsgFlags::MSG_DONTWAIT).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(r.buf.len() < 1 << 20);
+    }
 }

@@ -218,5 +218,6 @@ pub mod __private {
         ArgSpec, Returns, SubmitCx, arg_error, check_arity, decode_arg, encode_part, finish,
         finish_many, finish_result, submit, submit_many,
     };
+    pub use crate::worker_loop::hostile;
     pub use linkme;
 }

@@ -244,7 +244,8 @@ pub(crate) enum ToWorker {
 /// Worker -> driver.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum FromWorker {
-    /// First message: who I am.
+    /// First message, and only once: who I am. `pid` is for diagnostics; the scheduler kills by
+    /// the pid the fork server reported, never this one.
     Hello { worker: u32, pid: i32 },
     /// Reference count changes (rule 4), applied in order before the next message.
     RefOps(Vec<(Id, i32)>),

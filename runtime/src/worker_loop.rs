@@ -13,7 +13,7 @@ use std::os::unix::net::UnixStream;
 use nix::sys::socket::MsgFlags;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::ThreadId;
 
 use rayfork_plasma::ShmArena;
@@ -88,6 +88,7 @@ pub(crate) fn run(
     if !client::install_process_backend(backend.clone()) {
         return 3;
     }
+    let _ = THIS_WORKER.set(backend.clone());
     let hello = FromWorker::Hello {
         worker: slot,
         pid: std::process::id() as i32,
@@ -108,6 +109,42 @@ pub(crate) fn run(
                 return 4;
             }
         }
+    }
+}
+
+/// This process's worker connection, for the hostile-task hooks of `hostile`.
+static THIS_WORKER: OnceLock<Arc<WorkerBackend>> = OnceLock::new();
+
+/// What a hostile task does to its own connection, for the tests of the hardening rules
+/// (tests/fault_hostile_task.rs). Re-exported as `__private::hostile`: not a public API. Each
+/// returns false outside a worker or when the write fails.
+pub mod hostile {
+    use std::io::Write;
+
+    use super::THIS_WORKER;
+    use crate::protocol::FromWorker;
+
+    /// Sends a second `Hello` that claims the process is `pid`.
+    pub fn hello(pid: i32) -> bool {
+        THIS_WORKER.get().is_some_and(|w| {
+            let slot = w.slot;
+            w.send(FromWorker::Hello { worker: slot, pid }).is_ok()
+        })
+    }
+
+    /// Writes `bytes` to the socket as they are, outside any frame.
+    pub fn raw(bytes: &[u8]) -> bool {
+        THIS_WORKER.get().is_some_and(|w| {
+            let mut conn = w.conn.lock().unwrap_or_else(|e| e.into_inner());
+            (&conn.sock).write_all(bytes).is_ok() && { conn.sock.flush().is_ok() }
+        })
+    }
+
+    /// Sends reference changes for ids (as `u128`) this worker may or may not hold.
+    pub fn ref_ops(ops: &[(u128, i32)]) -> bool {
+        THIS_WORKER
+            .get()
+            .is_some_and(|w| w.send(FromWorker::RefOps(ops.to_vec())).is_ok())
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, ppoll};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
@@ -16,6 +16,7 @@ use crate::protocol::{FromWorker, ToWorker};
 use super::Scheduler;
 use super::messages::Requester;
 use super::pool::Link;
+use super::requests::Deadline;
 
 /// The epoll tokens of the fork server's socket and the doorbell; a worker's is its slot.
 const FORK_TOKEN: u64 = u64::MAX;
@@ -23,6 +24,11 @@ const BELL_TOKEN: u64 = u64::MAX - 1;
 
 /// Events taken from epoll per call.
 const EPOLL_EVENTS: usize = 64;
+
+/// How long a partial frame from a worker may go without a byte before the worker is killed.
+/// A worker writes each frame whole, in one blocking send, so only a stopped or hostile one
+/// leaves a frame half sent.
+const FRAME_STALL: Duration = Duration::from_secs(10);
 
 /// Whether `poll_sockets` may sleep first.
 #[derive(Debug, Clone, Copy)]
@@ -133,6 +139,10 @@ impl Scheduler {
             Ok(0) => (false, true),
             Ok(_) => (true, false),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => (false, false),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                self.kill_worker(slot, &format!("unreadable message: {e}"));
+                return false;
+            }
             Err(_) => (false, true),
         };
         loop {
@@ -153,8 +163,42 @@ impl Scheduler {
         }
         if closed {
             self.on_hangup(slot);
+        } else {
+            self.watch_partial_frame(slot);
         }
         read
+    }
+
+    /// Arms a check of worker `slot`'s partial frame, if it has one and none is armed: a frame
+    /// whose bytes stop coming for `FRAME_STALL` would swallow the worker's next messages, so
+    /// its worker is killed instead (`on_frame_stall`).
+    fn watch_partial_frame(&mut self, slot: u32) {
+        let Some(w) = self.pool.workers.get_mut(&slot) else {
+            return;
+        };
+        if w.reader.in_frame() && !w.stall_watched {
+            w.stall_watched = true;
+            let received = w.reader.received();
+            let check = Deadline::FrameStall { slot, received };
+            self.deadlines.push(Instant::now() + FRAME_STALL, check);
+        }
+    }
+
+    /// A partial frame's check is due: kill its worker if no byte came since it was armed,
+    /// look again later if some did.
+    pub(super) fn on_frame_stall(&mut self, slot: u32, received: u64) {
+        let Some(w) = self.pool.workers.get_mut(&slot) else {
+            return;
+        };
+        w.stall_watched = false;
+        if !w.reader.in_frame() {
+            return;
+        }
+        if w.reader.received() == received {
+            let why = format!("a partial frame got no byte for {FRAME_STALL:?}");
+            return self.kill_worker(slot, &why);
+        }
+        self.watch_partial_frame(slot);
     }
 
     /// Sends what every worker has queued, as far as its socket takes it without blocking.

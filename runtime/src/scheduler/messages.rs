@@ -46,9 +46,9 @@ impl Scheduler {
             self.mark_actor(a);
         }
         match msg {
-            FromWorker::Hello { worker, pid } => {
+            FromWorker::Hello { worker, pid: _ } => {
                 let Some(slot) = slot else { return };
-                self.on_hello(slot, worker, pid);
+                self.on_hello(slot, worker);
             }
             FromWorker::RefOps(ops) => {
                 for (id, d) in ops {

@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use rayfork_plasma::ClientId;
 
 use crate::idmap::IdMap;
-use crate::ipc::{FrameReader, FrameWriter};
+use crate::ipc::{FrameReader, FrameWriter, MAX_WORKER_FRAME};
 use crate::protocol::{ExitCause, Id, ToWorker};
 use crate::{shared_flags, timeline};
 
@@ -88,6 +88,8 @@ pub(super) struct Worker {
     pub(super) calls: HashMap<String, u32>,
     /// Its socket is in the epoll set for writability too (output is waiting for room).
     pub(super) out_armed: bool,
+    /// A check of its partial frame is armed (io.rs, `watch_partial_frame`).
+    pub(super) stall_watched: bool,
     /// Its lane of claim cells, if one was free when it was forked (scheduler rule 11).
     pub(super) lane: Option<u32>,
     /// Tasks queued on it, in the order sent (scheduler rule 11).
@@ -106,12 +108,13 @@ impl Worker {
             actor,
             link: Link::Forking,
             phase: Phase::Starting,
-            reader: FrameReader::default(),
+            reader: FrameReader::with_limit(MAX_WORKER_FRAME),
             out: FrameWriter::default(),
             stack: Vec::new(),
             held: IdMap::default(),
             calls: HashMap::new(),
             out_armed: false,
+            stall_watched: false,
             lane,
             queued: VecDeque::new(),
             last_seq: 0,
@@ -315,15 +318,20 @@ impl Scheduler {
         Some(slot)
     }
 
-    /// Worker `slot` said `Hello`: it takes work from now on.
-    pub(super) fn on_hello(&mut self, slot: u32, worker: u32, pid: i32) {
-        if worker != slot {
-            return self.kill_worker(slot, "hello from the wrong slot");
+    /// Worker `slot` said `Hello`: it takes work from now on. The pid it reports is never
+    /// used: the fork server's is the one the runtime kills by (a worker naming another pid
+    /// could get a sibling killed, or make itself unkillable). A second `Hello` is a message
+    /// it has no right to send (rule 5).
+    pub(super) fn on_hello(&mut self, slot: u32, worker: u32) {
+        let starting = self
+            .pool
+            .workers
+            .get(&slot)
+            .is_some_and(|w| w.phase() == Phase::Starting);
+        if worker != slot || !starting {
+            return self.kill_worker(slot, "a hello from the wrong slot, or a second one");
         }
         self.pool.hello(slot);
-        if let Some(w) = self.pool.workers.get_mut(&slot) {
-            w.pid = pid;
-        }
     }
 
     pub(super) fn on_hangup(&mut self, slot: u32) {

@@ -43,6 +43,9 @@ pub(super) enum Deadline {
     /// The grace period of a cancelled task ends: its worker is killed if the task still runs
     /// there (scheduler rule 9).
     CancelKill { slot: u32, task: Id },
+    /// Worker `slot` has had a partial frame since it had received `received` bytes
+    /// (io.rs, `on_frame_stall`).
+    FrameStall { slot: u32, received: u64 },
 }
 
 /// Request timeouts and cancel grace periods, soonest first.
@@ -154,6 +157,7 @@ impl Scheduler {
                     }
                 }
                 Deadline::CancelKill { slot, task } => self.on_cancel_timer(slot, task),
+                Deadline::FrameStall { slot, received } => self.on_frame_stall(slot, received),
             }
         }
     }
