@@ -302,3 +302,25 @@ fn driver_sigkill_takes_every_process_down() {
     assert!(eventually(Duration::from_secs(10), || !alive(fork_server)
         && !alive(worker)));
 }
+
+/// Two runtimes of one process name their objects in separate id spaces: a ref of one, passed
+/// to a task of the other, is an error that says so, never the other's object of the same
+/// number.
+#[test]
+fn a_ref_of_another_runtime_is_refused_not_resolved() {
+    let _w = watchdog("a_ref_of_another_runtime_is_refused_not_resolved", LIMIT);
+    let rt_a = runtime();
+    let a = rt_a.put(&10i64).unwrap();
+    let rt_b = runtime(); // now this thread's current runtime
+    let b = rt_b.put(&20i64).unwrap();
+    match rt_b.get(&add::remote(&a, 1)) {
+        Err(Error::ObjectNotFound { reason, .. }) => {
+            assert!(reason.contains("another runtime") || reason.contains("belongs to runtime"))
+        }
+        other => panic!("a foreign ref must be refused, got {other:?}"),
+    }
+    // Each runtime still reads its own objects.
+    assert_eq!(rt_b.get(&add::remote(&b, 1)).unwrap(), 21);
+    rt_a.enter();
+    assert_eq!(rt_a.get(&add::remote(&a, 1)).unwrap(), 11);
+}

@@ -112,17 +112,24 @@ fn unexpected(want: &str, got: ToWorker) -> Error {
 /// A shared handle to a backend.
 pub(crate) type BackendRef = Arc<dyn Backend>;
 
-/// Makes ids unique within a runtime: the client number in the high bits, a counter below.
+/// Makes ids unique within a process: the runtime's number in the top 32 bits (so that two
+/// runtimes of one process never name the same object), the client's (0 for the driver, a
+/// worker's slot + 1) in the next 32, a counter below.
 #[derive(Debug)]
 pub(crate) struct IdGen {
     high: u128,
     next: AtomicU64,
 }
 
+/// The runtime that made id `id` (see `IdGen`).
+pub(crate) fn runtime_of(id: u128) -> u32 {
+    (id >> 96) as u32
+}
+
 impl IdGen {
-    pub(crate) fn new(client: u32) -> Self {
+    pub(crate) fn new(runtime: u32, client: u32) -> Self {
         IdGen {
-            high: (client as u128) << 64,
+            high: ((runtime as u128) << 96) | ((client as u128) << 64),
             next: AtomicU64::new(1),
         }
     }

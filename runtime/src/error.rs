@@ -119,6 +119,16 @@ pub enum Error {
     /// There is no runtime to talk to: none was started in this thread, or it has shut down.
     #[error("no rayfork runtime: start one with Runtime::builder().start() (or it has shut down)")]
     NoRuntime,
+    /// An object a call names is not in this runtime: its last reference was dropped (a ref
+    /// kept outside its handle), or it belongs to another runtime of this process (a ref works
+    /// only in the runtime that made it).
+    #[error("object {id} is not in this runtime: {reason}")]
+    ObjectNotFound {
+        /// The object's id.
+        id: String,
+        /// Why, as far as the runtime can tell.
+        reason: String,
+    },
     /// The runtime's scheduler thread panicked: a bug in rayfork, not in a task (tasks run in
     /// worker processes). The runtime has stopped its workers and its fork server; every
     /// call that was waiting and every later call on it returns this error. Start a new

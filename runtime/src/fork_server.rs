@@ -47,6 +47,7 @@ const CTRL_VAR: &str = "RAYFORK_CTRL_FD";
 const ARENA_VAR: &str = "RAYFORK_ARENA_FD";
 const FLAGS_VAR: &str = "RAYFORK_FLAGS_FD";
 const PARENT_VAR: &str = "RAYFORK_PARENT_PID";
+const RUNTIME_VAR: &str = "RAYFORK_RUNTIME";
 const ROLE_FORK_SERVER: &str = "fork-server";
 
 /// The role hook: runs before `main` in every binary that links rayfork.
@@ -132,7 +133,18 @@ fn fork_server_from_env() -> Result<()> {
     let ctrl = env_fd(CTRL_VAR)?;
     let arena = env_fd(ARENA_VAR)?;
     let flags = env_fd(FLAGS_VAR)?;
-    for var in [ROLE_VAR, CTRL_VAR, ARENA_VAR, FLAGS_VAR, PARENT_VAR] {
+    let runtime: u32 = std::env::var(RUNTIME_VAR)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| Error::Runtime(format!("{RUNTIME_VAR} is missing or not a number")))?;
+    for var in [
+        ROLE_VAR,
+        CTRL_VAR,
+        ARENA_VAR,
+        FLAGS_VAR,
+        PARENT_VAR,
+        RUNTIME_VAR,
+    ] {
         // SAFETY: we run before `main` (or at the top of `worker_program_main`) in a process
         // that has started no thread, so nothing can read the environment concurrently.
         unsafe { std::env::remove_var(var) };
@@ -141,15 +153,26 @@ fn fork_server_from_env() -> Result<()> {
         rayfork_plasma::ShmArena::from_fd(arena).map_err(|e| Error::os("attach arena", e))?,
     );
     let flags = std::sync::Arc::new(SharedFlags::from_fd(flags)?);
-    serve(ctrl, arena, flags)
+    serve(
+        ctrl,
+        WorkerKit {
+            arena,
+            flags,
+            runtime,
+        },
+    )
+}
+
+/// What every worker of the runtime starts with, beside its own socket.
+struct WorkerKit {
+    arena: std::sync::Arc<rayfork_plasma::ShmArena>,
+    flags: std::sync::Arc<SharedFlags>,
+    /// The runtime's number in the driver's process (the top bits of its ids).
+    runtime: u32,
 }
 
 /// The fork server's loop (rule 2: single-threaded).
-fn serve(
-    ctrl: OwnedFd,
-    arena: std::sync::Arc<rayfork_plasma::ShmArena>,
-    flags: std::sync::Arc<SharedFlags>,
-) -> Result<()> {
+fn serve(ctrl: OwnedFd, kit: WorkerKit) -> Result<()> {
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
     mask.thread_block()
@@ -201,8 +224,7 @@ fn serve(
             match ipc::recv_packet::<ForkRequest>(&ctrl) {
                 Ok(Some((ForkRequest::Spawn { worker }, _))) => {
                     let inherited: Vec<RawFd> = tails.values().map(|t| t.fd.as_raw_fd()).collect();
-                    let spawned =
-                        spawn_worker(worker, &ctrl, &sigfd, &inherited, &mask, &arena, &flags);
+                    let spawned = spawn_worker(worker, &ctrl, &sigfd, &inherited, &mask, &kit);
                     let reply = match spawned {
                         Ok((pid, driver_end, stderr)) => {
                             children.insert(pid);
@@ -285,8 +307,7 @@ fn spawn_worker(
     sigfd: &SignalFd,
     inherited: &[RawFd],
     mask: &SigSet,
-    arena: &std::sync::Arc<rayfork_plasma::ShmArena>,
-    flags: &std::sync::Arc<SharedFlags>,
+    kit: &WorkerKit,
 ) -> Result<(i32, OwnedFd, OwnedFd)> {
     let (driver_end, worker_end) = socketpair(
         AddressFamily::Unix,
@@ -323,10 +344,11 @@ fn spawn_worker(
             let _ = nix::unistd::dup2_stderr(&err_write);
             drop(err_write);
             let code = worker_loop::run(
+                kit.runtime,
                 worker,
                 UnixStream::from(worker_end),
-                arena.clone(),
-                flags.clone(),
+                kit.arena.clone(),
+                kit.flags.clone(),
             );
             // SAFETY: as above; the worker flushed what it had to say before returning.
             unsafe { libc::_exit(code) }
@@ -338,7 +360,12 @@ fn spawn_worker(
 /// Starts the fork server: exec's `program` with the fork-server role, passing it its end of the
 /// control socket, the arena fd and the cancel flags' fd. Must run on the thread that outlives
 /// the runtime (rule 3).
-pub(crate) fn spawn(program: &Path, arena_fd: RawFd, flags_fd: RawFd) -> Result<(Child, OwnedFd)> {
+pub(crate) fn spawn(
+    program: &Path,
+    arena_fd: RawFd,
+    flags_fd: RawFd,
+    runtime: u32,
+) -> Result<(Child, OwnedFd)> {
     // Keep the role hook linked (see ROLE_HOOK).
     std::hint::black_box(&ROLE_HOOK);
     let (driver_end, server_end) = socketpair(
@@ -356,6 +383,7 @@ pub(crate) fn spawn(program: &Path, arena_fd: RawFd, flags_fd: RawFd) -> Result<
         .env(ARENA_VAR, arena_fd.to_string())
         .env(FLAGS_VAR, flags_fd.to_string())
         .env(PARENT_VAR, parent.to_string())
+        .env(RUNTIME_VAR, runtime.to_string())
         .stdin(Stdio::null());
     // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe
     // functions (fcntl, prctl, getppid); it allocates nothing and takes no lock.

@@ -4,6 +4,7 @@
 //! Owns the driver side of the `Backend` trait: requests go to the scheduler thread as events.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{Sender, channel};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -154,6 +155,9 @@ impl Runtime {
         let arena = Arc::new(
             ShmArena::create(cfg.store_capacity).map_err(|e| Error::os("object store", e))?,
         );
+        // Each runtime of the process names its objects in its own id space (`IdGen`).
+        static NEXT_RUNTIME: AtomicU32 = AtomicU32::new(1);
+        let runtime = NEXT_RUNTIME.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = channel();
         let bell = Arc::new(Doorbell::new()?);
         let num_cpus = cfg.num_cpus;
@@ -165,7 +169,7 @@ impl Runtime {
         let handle = std::thread::Builder::new()
             .name("rayfork-scheduler".into())
             .spawn(
-                move || match Scheduler::new(cfg, sched_arena, rx, sched_bell) {
+                move || match Scheduler::new(runtime, cfg, sched_arena, rx, sched_bell) {
                     Ok(s) => {
                         let _ = ready_tx.send(Ok(()));
                         s.run(&sched_health);
@@ -192,7 +196,7 @@ impl Runtime {
             bell,
             health,
             arena,
-            ids: IdGen::new(0),
+            ids: IdGen::new(runtime, 0),
         });
         let dyn_backend: BackendRef = backend.clone();
         crate::client::set_current(&dyn_backend);

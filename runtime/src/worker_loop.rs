@@ -57,6 +57,7 @@ pub(crate) struct WorkerBackend {
 /// Runs the worker loop until the driver says `Exit` or hangs up; returns the exit code. Makes
 /// its connection the process's backend (`client::install_process_backend`) first.
 pub(crate) fn run(
+    runtime: u32,
     slot: u32,
     sock: UnixStream,
     arena: Arc<ShmArena>,
@@ -71,7 +72,7 @@ pub(crate) fn run(
         }),
         later: Mutex::new(VecDeque::new()),
         refs: RefQueue::default(),
-        ids: IdGen::new(slot + 1),
+        ids: IdGen::new(runtime, slot + 1),
         arena,
         inline_max: crate::config::DEFAULT_INLINE_MAX,
         thread: std::thread::current().id(),

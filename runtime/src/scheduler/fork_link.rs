@@ -35,8 +35,13 @@ pub(super) struct ForkLink {
 impl ForkLink {
     /// Starts the fork server (rule 3 in fork_server.rs), handing it the arena's and the shared
     /// flags' memfds.
-    pub(super) fn start(program: &Path, arena: RawFd, flags: RawFd) -> crate::Result<ForkLink> {
-        let (child, fd) = fork_server::spawn(program, arena, flags)?;
+    pub(super) fn start(
+        program: &Path,
+        arena: RawFd,
+        flags: RawFd,
+        runtime: u32,
+    ) -> crate::Result<ForkLink> {
+        let (child, fd) = fork_server::spawn(program, arena, flags, runtime)?;
         Ok(ForkLink {
             fd,
             child,

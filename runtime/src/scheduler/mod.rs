@@ -52,6 +52,8 @@ pub(crate) use event::{Doorbell, Event, Health};
 
 /// The scheduler thread's state: its parts, and the tables that several of them read.
 pub(crate) struct Scheduler {
+    /// This runtime's number in the process: the top bits of every id it makes (`IdGen`).
+    runtime: u32,
     cfg: Config,
     // How events reach the loop, and how it reaches the processes.
     rx: Receiver<Event>,
@@ -97,6 +99,7 @@ pub(crate) struct Scheduler {
 impl Scheduler {
     /// Starts the fork server (on this thread, rule 3 in fork_server.rs) and the initial workers.
     pub(crate) fn new(
+        runtime: u32,
         cfg: Config,
         arena: Arc<ShmArena>,
         rx: Receiver<Event>,
@@ -107,9 +110,11 @@ impl Scheduler {
             None => std::env::current_exe().map_err(|e| Error::os("find own executable", e))?,
         };
         let flags = SharedFlags::create()?;
-        let fork = ForkLink::start(&program, arena.fd().as_raw_fd(), flags.fd().as_raw_fd())?;
+        let (arena_fd, flags_fd) = (arena.fd().as_raw_fd(), flags.fd().as_raw_fd());
+        let fork = ForkLink::start(&program, arena_fd, flags_fd, runtime)?;
         let io = Io::new(fork.fd(), bell.fd.as_fd())?;
         let mut s = Scheduler {
+            runtime,
             res: Resources::new(&cfg),
             cfg,
             rx,

@@ -4,7 +4,7 @@
 use rayfork_plasma::{ClientId, ObjectId};
 
 use crate::protocol::{ActorCall, Id, Payload, Resolved};
-use crate::{Error, timeline};
+use crate::{Error, client, timeline};
 
 use super::Scheduler;
 use super::requests::RequestKind;
@@ -347,9 +347,26 @@ impl Scheduler {
             Some(ObjState::Ready(p)) => Resolved::Value(p.clone()),
             Some(ObjState::Failed(e)) => Resolved::Error(e.clone()),
             Some(ObjState::Pending) => Resolved::Error(Error::Protocol("not ready".into())),
-            None => Resolved::Error(Error::Protocol(format!(
-                "object {id:x} does not exist (freed, or never created)"
-            ))),
+            None => Resolved::Error(self.not_found(id)),
+        }
+    }
+
+    /// The error for an id this runtime has no object for: one of another runtime of the
+    /// process (its top bits say which, `IdGen`), or one whose last reference was dropped.
+    pub(super) fn not_found(&self, id: Id) -> Error {
+        let owner = client::runtime_of(id);
+        let reason = if owner != self.runtime {
+            format!(
+                "it belongs to runtime {owner} of this process, not to this one ({}); a ref \
+                 works only in the runtime that made it",
+                self.runtime
+            )
+        } else {
+            "its last reference was dropped (or it was never created)".to_string()
+        };
+        Error::ObjectNotFound {
+            id: format!("{id:032x}"),
+            reason,
         }
     }
 }

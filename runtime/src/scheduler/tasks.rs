@@ -151,9 +151,7 @@ impl Scheduler {
                     }
                     Some(_) => {}
                     None => {
-                        let err = Error::Protocol(format!(
-                            "argument object {r:x} no longer exists (its last ref was dropped)"
-                        ));
+                        let err = self.not_found(*r);
                         self.tasks.insert(id, Task::new(spec, parent, 0));
                         return self.finish_task(id, Err(err));
                     }
