@@ -324,3 +324,73 @@ fn a_ref_of_another_runtime_is_refused_not_resolved() {
     rt_a.enter();
     assert_eq!(rt_a.get(&add::remote(&a, 1)).unwrap(), 11);
 }
+
+/// A panic payload whose own `Drop` panics.
+struct Bomb;
+
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        panic!("the payload's drop panics too");
+    }
+}
+
+#[remote]
+fn panic_with_bomb() -> u8 {
+    std::panic::panic_any(Bomb)
+}
+
+#[test]
+fn a_panic_whose_payload_panics_when_dropped_is_task_panicked() {
+    let _w = watchdog("a_panic_whose_payload_panics_when_dropped", LIMIT);
+    let rt = runtime();
+    let r = panic_with_bomb::options().max_retries(0).remote();
+    assert!(
+        matches!(rt.get(&r), Err(Error::TaskPanicked { .. })),
+        "{:?}",
+        rt.get(&r)
+    );
+    assert_eq!(rt.stats().unwrap().workers_died, 0, "the worker died");
+}
+
+#[test]
+fn wait_refuses_a_ref_given_twice() {
+    let _w = watchdog("wait_refuses_a_ref_given_twice", LIMIT);
+    let rt = runtime();
+    let x = add::remote(1, 2);
+    match rayfork::wait(&[x.clone(), x.clone()], 1, None) {
+        Err(Error::InvalidArgument(m)) => assert!(m.contains("twice"), "{m}"),
+        other => panic!(
+            "expected InvalidArgument, got {:?}",
+            other.map(|(r, p)| (r.len(), p.len()))
+        ),
+    }
+    assert_eq!(rt.get(&x).unwrap(), 3);
+}
+
+#[test]
+fn get_all_returns_as_soon_as_one_fails() {
+    let _w = watchdog("get_all_returns_as_soon_as_one_fails", LIMIT);
+    let rt = runtime();
+    let dir = std::env::temp_dir().join(format!("rayfork-get-all-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("release");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let slow = block_on_pipe::remote(fifo.to_string_lossy().into_owned());
+    let failed = fails_num::remote("no good".to_string());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            rt.enter();
+            let _ = tx.send(rayfork::get_all(&[slow.clone(), failed.clone()]));
+        });
+        // A safety net: a get_all that waits for the slow task fails the test, then ends.
+        let answer = rx.recv_timeout(Duration::from_secs(60));
+        std::fs::write(&fifo, [7u8]).unwrap();
+        match answer {
+            Ok(Err(Error::TaskFailed { message, .. })) => assert_eq!(message, "no good"),
+            other => panic!("get_all should fail at once with the task's error, got {other:?}"),
+        }
+    });
+    assert_eq!(rt.get(&slow).unwrap(), 7);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -199,6 +199,9 @@ pub(crate) fn resolved_bytes<'a>(arena: &'a ShmArena, r: &'a Resolved) -> Result
     match r {
         Resolved::Value(p) => payload_bytes(arena, p),
         Resolved::Error(e) => Err(e.clone()),
+        Resolved::Pending => Err(Error::Protocol(
+            "a get answered before its object was ready".into(),
+        )),
     }
 }
 

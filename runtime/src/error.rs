@@ -129,6 +129,9 @@ pub enum Error {
         /// Why, as far as the runtime can tell.
         reason: String,
     },
+    /// A call was given something it cannot work with (the message says what).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
     /// The runtime's scheduler thread panicked: a bug in rayfork, not in a task (tasks run in
     /// worker processes). The runtime has stopped its workers and its fork server; every
     /// call that was waiting and every later call on it returns this error. Start a new
@@ -185,5 +188,17 @@ impl From<rayfork_plasma::StoreError> for Error {
             },
             other => Error::Runtime(format!("object store: {other}")),
         }
+    }
+}
+
+/// The text of a panic's payload (a `&str` or a `String`, as `panic!` makes).
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    match (
+        payload.downcast_ref::<&str>(),
+        payload.downcast_ref::<String>(),
+    ) {
+        (Some(s), _) => (*s).to_string(),
+        (_, Some(s)) => s.clone(),
+        (None, None) => "a panic with a payload that is not text".to_string(),
     }
 }

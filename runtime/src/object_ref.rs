@@ -169,7 +169,8 @@ fn get_timeout_opt<T: DeserializeOwned>(r: &ObjectRef<T>, t: Option<Duration>) -
     decode_resolved(b, &v)
 }
 
-/// Waits for every object and returns their values in order (the first error, if any).
+/// Waits for every object and returns their values in order; returns as soon as one of them
+/// fails, with its error (the first one in `refs`' order, if several failed by then).
 pub fn get_all<T: DeserializeOwned>(refs: &[ObjectRef<T>]) -> Result<Vec<T>> {
     let Some(first) = refs.first() else {
         return Ok(Vec::new());
@@ -180,6 +181,9 @@ pub fn get_all<T: DeserializeOwned>(refs: &[ObjectRef<T>]) -> Result<Vec<T>> {
     if vals.len() != ids.len() {
         return Err(Error::Protocol("get reply of the wrong length".into()));
     }
+    if let Some(Resolved::Error(e)) = vals.iter().find(|v| matches!(v, Resolved::Error(_))) {
+        return Err(e.clone());
+    }
     vals.iter().map(|v| decode_resolved(b, v)).collect()
 }
 
@@ -189,6 +193,7 @@ pub type ReadyPending<T> = (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>);
 /// Waits until `num_returns` of `refs` are ready (finished or failed), or `timeout` passes.
 /// Returns `(ready, pending)`, each in the order of `refs`; `ready` holds at most
 /// `num_returns` refs (as Ray's `wait`), so a loop over `pending` sees every result once.
+/// A ref given twice is `Error::InvalidArgument` (it could not be both ready and pending).
 ///
 /// ```no_run
 /// #[rayfork::remote]
@@ -215,6 +220,12 @@ pub fn wait<T>(
     };
     let b = first.backend()?;
     let ids: Vec<Id> = refs.iter().map(ObjectRef::raw_id).collect();
+    let mut seen = std::collections::HashSet::with_capacity(ids.len());
+    if let Some(twice) = ids.iter().find(|&&id| !seen.insert(id)) {
+        return Err(Error::InvalidArgument(format!(
+            "wait was given the ref {twice:x} twice: give each ref once (as Ray's wait)"
+        )));
+    }
     let flags = b.wait(&ids, num_returns, millis(timeout))?;
     // As Ray: at most `num_returns` refs come back ready; the rest stay pending.
     let mut ready = Vec::new();

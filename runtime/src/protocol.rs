@@ -172,6 +172,9 @@ pub enum Payload {
 pub(crate) enum Resolved {
     Value(Payload),
     Error(Error),
+    /// Not ready yet: the `get` of several objects was answered early, because another of
+    /// them failed.
+    Pending,
 }
 
 /// A task's outcome as the worker reports it.

@@ -19,6 +19,7 @@ use std::thread::ThreadId;
 use rayfork_plasma::ShmArena;
 
 use crate::client::{self, Backend, BackendRef, IdGen, RefQueue};
+use crate::error::panic_message;
 use crate::ipc::{FrameReader, FrameWriter};
 use crate::protocol::{FromWorker, Id, Outcome, Payload, ReturnValue, RunTask, TaskSpec, ToWorker};
 use crate::shared_flags::{self, SharedFlags};
@@ -187,13 +188,12 @@ fn set_env_alone(key: &str, value: Option<&std::ffi::OsStr>) -> bool {
     true
 }
 
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "panic with a non-string payload".to_string()
+/// Drops a task's panic payload, a value of the user's type whose own `Drop` may panic: that
+/// second panic is caught and its payload leaked, so that the worker lives on and the task is
+/// reported as panicked.
+fn drop_payload(p: Box<dyn std::any::Any + Send>) {
+    if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(p))) {
+        std::mem::forget(again);
     }
 }
 
@@ -319,10 +319,14 @@ impl WorkerBackend {
         let call = || client::with_decode_ctx(&me, || (f.call)(inv));
         let outcome = match catch_unwind(AssertUnwindSafe(call)) {
             Ok(o) => o,
-            Err(p) => Outcome::Err(Error::TaskPanicked {
-                task: name.into(),
-                message: panic_message(&*p),
-            }),
+            Err(p) => {
+                let message = panic_message(&*p);
+                drop_payload(p);
+                Outcome::Err(Error::TaskPanicked {
+                    task: name.into(),
+                    message,
+                })
+            }
         };
         match outcome {
             Outcome::Ok {

@@ -1,6 +1,5 @@
 #![doc = include_str!("README.md")]
 
-use std::any::Any;
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, AsRawFd};
 use std::panic::{self, AssertUnwindSafe};
@@ -12,6 +11,7 @@ use std::time::Instant;
 use rayfork_plasma::{ShmArena, Store};
 
 use crate::config::Config;
+use crate::error::panic_message;
 use crate::idmap::IdMap;
 use crate::protocol::{Id, ToWorker};
 use crate::shared_flags::SharedFlags;
@@ -285,17 +285,5 @@ impl Scheduler {
         self.dispatch_ready();
         self.balance();
         self.pipeline();
-    }
-}
-
-/// The text of a panic's payload (a `&str` or a `String`, as `panic!` makes).
-fn panic_message(payload: &(dyn Any + Send)) -> String {
-    match (
-        payload.downcast_ref::<&str>(),
-        payload.downcast_ref::<String>(),
-    ) {
-        (Some(s), _) => (*s).to_string(),
-        (_, Some(s)) => s.clone(),
-        (None, None) => "a panic with a non-text payload".to_string(),
     }
 }

@@ -318,7 +318,8 @@ impl Scheduler {
                         Some(r) => {
                             r.missing = r.missing.saturating_sub(1);
                             match r.kind {
-                                RequestKind::Get => r.missing == 0,
+                                // As soon as one fails (as Ray's `get` of a list).
+                                RequestKind::Get => r.missing == 0 || failed.is_some(),
                                 RequestKind::Wait { need } => r.ids.len() - r.missing >= need,
                                 // The stream ended (scheduler rule 10).
                                 RequestKind::Next { .. } => r.missing == 0,
@@ -342,11 +343,18 @@ impl Scheduler {
             .is_none_or(|o| !matches!(o.state, ObjState::Pending))
     }
 
+    /// True if reading `id` gives an error now: it failed, or there is no such object.
+    pub(super) fn is_failed(&self, id: Id) -> bool {
+        self.objects
+            .get(&id)
+            .is_none_or(|o| matches!(o.state, ObjState::Failed(_)))
+    }
+
     pub(super) fn resolve(&self, id: Id) -> Resolved {
         match self.objects.get(&id).map(|o| &o.state) {
             Some(ObjState::Ready(p)) => Resolved::Value(p.clone()),
             Some(ObjState::Failed(e)) => Resolved::Error(e.clone()),
-            Some(ObjState::Pending) => Resolved::Error(Error::Protocol("not ready".into())),
+            Some(ObjState::Pending) => Resolved::Pending,
             None => Resolved::Error(self.not_found(id)),
         }
     }

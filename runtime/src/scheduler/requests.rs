@@ -81,7 +81,8 @@ impl Scheduler {
     ) {
         let missing = ids.iter().filter(|&&i| !self.is_ready(i)).count();
         let satisfied = match kind {
-            RequestKind::Get => missing == 0,
+            // As soon as one fails (as Ray's `get` of a list).
+            RequestKind::Get => missing == 0 || ids.iter().any(|&i| self.is_failed(i)),
             RequestKind::Wait { need } => ids.len() - missing >= need,
             RequestKind::Next { index } => missing == 0 || self.has_item(ids[0], index),
             RequestKind::YieldRoom => self.streams.get(&ids[0]).is_none_or(Stream::has_room),
