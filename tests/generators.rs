@@ -160,3 +160,27 @@ fn a_task_consumes_a_generator_on_one_cpu() {
         (0..50).sum::<u64>()
     );
 }
+
+/// Yields forever.
+#[remote(streaming)]
+fn endless() -> impl Iterator<Item = u64> {
+    0..
+}
+
+/// A generator whose caller drops it ends at its next yield, whether it waits for room
+/// (back-pressure) or not; its untaken items are freed and its worker takes other tasks.
+#[test]
+fn dropping_a_generator_ends_its_task_and_frees_its_items() {
+    let _w = watchdog("dropping_a_generator_ends_its_task", LIMIT);
+    let rt = Runtime::builder().num_cpus(2).start().unwrap();
+    for bound in [2, 0] {
+        let mut g = endless::options().backpressure(bound).remote();
+        assert_eq!(rt.get(&g.next().unwrap().unwrap()).unwrap(), 0);
+        drop(g);
+        let ended = rayfork_tests::eventually(Duration::from_secs(60), || {
+            let s = rt.stats().unwrap();
+            s.tasks == 0 && s.objects == 0 && s.store.live_objects == 0
+        });
+        assert!(ended, "backpressure {bound}: {:?}", rt.stats().unwrap());
+    }
+}

@@ -59,8 +59,8 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
     /// A reference count change (rule 4 in protocol.rs).
     fn ref_op(&self, id: Id, delta: i32);
     /// Yields an item of the running generator task (scheduler rule 10); blocks while
-    /// the stream is full.
-    fn yield_item(&self, task: Id, item: Id) -> Result<()>;
+    /// the stream is full. False once nobody takes the items: the generator stops.
+    fn yield_item(&self, task: Id, item: Id) -> Result<bool>;
     /// The item at `index` of a generator's stream: `None` when it ended.
     fn next_item(&self, stream: Id, index: u64) -> Result<Option<Id>> {
         match self.request(FromWorker::NextItem { stream, index })? {

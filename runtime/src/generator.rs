@@ -39,8 +39,8 @@ use crate::task::{ArgSpec, SubmitCx, TaskOptions, submit_call};
 /// Each `next()` waits for the next item (or the end) and gives `Ok(ref)`; if the task failed
 /// (an error, a panic, a crash: generators are not retried), the items yielded before the
 /// failure come first, then one `Err`, then `None`. Dropping the generator frees the items not
-/// taken; the task itself runs to its end unless cancelled ([`completion`](Self::completion)
-/// is the ref to cancel).
+/// taken and ends the task at its next yield (it stops iterating; until then it runs on, or
+/// can be cancelled through [`completion`](Self::completion)).
 pub struct ObjectRefGenerator<T> {
     done: ObjectRef<u64>,
     next: u64,
@@ -130,10 +130,13 @@ pub fn finish_stream<T: Serialize>(
             Ok(r) => r,
             Err(e) => return Outcome::Err(e),
         };
-        if let Err(e) = b.yield_item(inv.task, r.raw_id()) {
-            return Outcome::Err(e);
-        }
         count += 1;
+        match b.yield_item(inv.task, r.raw_id()) {
+            Ok(true) => {}
+            // The caller dropped the generator: nobody takes the items any more.
+            Ok(false) => break,
+            Err(e) => return Outcome::Err(e),
+        }
     }
     crate::task::finish(inv, count)
 }

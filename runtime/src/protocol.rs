@@ -233,6 +233,9 @@ pub(crate) enum ToWorker {
     WaitReply(Vec<bool>),
     /// The answer to `Yield`: the stream has room, go on.
     YieldAck,
+    /// The answer to `Yield` once nobody can take the items any more (the caller dropped the
+    /// generator): stop yielding and end the task (scheduler rule 10).
+    YieldStop,
     /// The answer to `NextItem`: the item's id (with a reference for the asker), `None` when
     /// the stream ended, or the generator's error.
     NextItemReply(Result<Option<Id>, Error>),

@@ -86,7 +86,7 @@ impl Backend for DriverBackend {
         let _ = self.one_way(FromWorker::RefOps(vec![(id, delta)]));
     }
 
-    fn yield_item(&self, _task: Id, _item: Id) -> Result<()> {
+    fn yield_item(&self, _task: Id, _item: Id) -> Result<bool> {
         Err(Error::Runtime(
             "only a generator task yields items; the driver runs none".into(),
         ))

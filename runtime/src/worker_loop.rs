@@ -506,11 +506,12 @@ impl Backend for WorkerBackend {
         self.refs.push(id, delta);
     }
 
-    fn yield_item(&self, task: Id, item: Id) -> Result<()> {
+    fn yield_item(&self, task: Id, item: Id) -> Result<bool> {
         // The stream's own reference, moved by `Yield` (rule 4 in protocol.rs).
         self.refs.push(item, 1);
         match self.request(FromWorker::Yield { task, item })? {
-            ToWorker::YieldAck => Ok(()),
+            ToWorker::YieldAck => Ok(true),
+            ToWorker::YieldStop => Ok(false),
             ToWorker::GetReply(Err(e)) => Err(e),
             other => Err(Error::Protocol(format!("expected YieldAck, got {other:?}"))),
         }

@@ -77,7 +77,9 @@ impl Scheduler {
         while let Some(id) = stack.pop() {
             if self.is_running_return(id) && !self.take_back_unwanted(id) {
                 // Kept (with no refs) until its task ends: the worker may still write it; it is
-                // freed when it resolves (scheduler rule 6).
+                // freed when it resolves (scheduler rule 6). A generator's stream is abandoned
+                // now: nobody can take its items (scheduler rule 10).
+                self.abandon_stream(id);
                 continue;
             }
             let Some(o) = self.objects.remove(&id) else {

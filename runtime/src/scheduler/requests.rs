@@ -183,7 +183,13 @@ impl Scheduler {
             RequestKind::Next { index } => {
                 ToWorker::NextItemReply(self.stream_item(ids[0], *index))
             }
-            RequestKind::YieldRoom => ToWorker::YieldAck,
+            RequestKind::YieldRoom => {
+                if self.streams.get(&ids[0]).is_some_and(|st| st.abandoned) {
+                    ToWorker::YieldStop
+                } else {
+                    ToWorker::YieldAck
+                }
+            }
         }
     }
 

@@ -20,11 +20,16 @@ pub(super) struct Stream {
     pub(super) bound: u32,
     /// Requests waiting on this stream: `Next`s, and the generator's `YieldRoom`.
     pub(super) waiting: Vec<u64>,
+    /// Nobody can take items any more (the caller dropped the generator while its task ran):
+    /// items are dropped as they come and the generator is told to stop.
+    pub(super) abandoned: bool,
 }
 
 impl Stream {
     pub(super) fn has_room(&self) -> bool {
-        self.bound == 0 || (self.items.len() as u64).saturating_sub(self.taken) < self.bound as u64
+        self.abandoned
+            || self.bound == 0
+            || (self.items.len() as u64).saturating_sub(self.taken) < self.bound as u64
     }
 }
 
@@ -115,6 +120,16 @@ impl Scheduler {
         let Some(st) = self.streams.get_mut(&task) else {
             return;
         };
+        if st.abandoned {
+            // Nobody takes it; the answer to the `YieldRoom` below tells the generator to stop.
+            self.add_ref(item, -1);
+            return self.request(
+                Requester::Worker(slot),
+                vec![task],
+                RequestKind::YieldRoom,
+                None,
+            );
+        }
         st.items.push(Some(item));
         let len = st.items.len() as u64;
         self.wake_stream_waiters(
@@ -127,5 +142,22 @@ impl Scheduler {
             RequestKind::YieldRoom,
             None,
         );
+    }
+
+    /// The last reference to a running generator's stream is gone (scheduler rule 10): its
+    /// untaken items are freed now, later ones as they come, and the generator is told to
+    /// stop at its next yield (at once if it waits for room).
+    pub(super) fn abandon_stream(&mut self, stream: Id) {
+        let Some(st) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        if std::mem::replace(&mut st.abandoned, true) {
+            return;
+        }
+        let items: Vec<Id> = st.items.iter_mut().filter_map(Option::take).collect();
+        for item in items {
+            self.add_ref(item, -1);
+        }
+        self.wake_stream_waiters(stream, |kind| matches!(kind, RequestKind::YieldRoom));
     }
 }

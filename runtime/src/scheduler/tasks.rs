@@ -167,6 +167,7 @@ impl Scheduler {
                     taken: 0,
                     bound,
                     waiting: Vec::new(),
+                    abandoned: false,
                 },
             );
         }
