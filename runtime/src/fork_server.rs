@@ -181,6 +181,9 @@ fn serve(ctrl: OwnedFd, kit: WorkerKit) -> Result<()> {
         .map_err(|e| Error::os("signalfd", e))?;
     let mut children: HashSet<i32> = HashSet::new();
     let mut tails: HashMap<i32, StderrTail> = HashMap::new();
+    // Replies the driver's socket has not taken yet: never block writing to it (the driver's
+    // scheduler may be writing to us at the same time).
+    let mut out = ipc::PacketQueue::default();
     loop {
         let (ctrl_ready, sig_ready, talking) = {
             // Pipes at EOF are left out: they would report POLLHUP for ever.
@@ -189,8 +192,13 @@ fn serve(ctrl: OwnedFd, kit: WorkerKit) -> Result<()> {
                 .filter(|(_, t)| !t.eof)
                 .map(|(&p, _)| p)
                 .collect();
+            let ctrl_events = if out.is_empty() {
+                PollFlags::POLLIN
+            } else {
+                PollFlags::POLLIN | PollFlags::POLLOUT
+            };
             let mut fds = vec![
-                PollFd::new(ctrl.as_fd(), PollFlags::POLLIN),
+                PollFd::new(ctrl.as_fd(), ctrl_events),
                 PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
             ];
             fds.extend(
@@ -209,7 +217,11 @@ fn serve(ctrl: OwnedFd, kit: WorkerKit) -> Result<()> {
                 .filter(|(_, f)| ready(f))
                 .map(|(&p, _)| p)
                 .collect();
-            (ready(&fds[0]), ready(&fds[1]), talking)
+            // Readable, or closed: a request (or the driver's end) waits. Writable alone only
+            // lets `out` go on, below.
+            let readable = PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR;
+            let ctrl_readable = fds[0].revents().is_some_and(|r| r.intersects(readable));
+            (ctrl_readable, ready(&fds[1]), talking)
         };
         for pid in talking {
             if let Some(t) = tails.get_mut(&pid) {
@@ -218,35 +230,25 @@ fn serve(ctrl: OwnedFd, kit: WorkerKit) -> Result<()> {
         }
         if sig_ready {
             while let Ok(Some(_)) = sigfd.read_signal() {}
-            reap(&ctrl, &mut children, &mut tails);
+            reap(&mut out, &mut children, &mut tails);
         }
         if ctrl_ready {
             match ipc::recv_packet::<ForkRequest>(&ctrl) {
                 Ok(Some((ForkRequest::Spawn { worker }, _))) => {
                     let inherited: Vec<RawFd> = tails.values().map(|t| t.fd.as_raw_fd()).collect();
                     let spawned = spawn_worker(worker, &ctrl, &sigfd, &inherited, &mask, &kit);
-                    let reply = match spawned {
+                    let queued = match spawned {
                         Ok((pid, driver_end, stderr)) => {
                             children.insert(pid);
                             tails.insert(pid, StderrTail::new(stderr));
-                            let r = ipc::send_packet(
-                                &ctrl,
-                                &ForkReply::Spawned { worker, pid },
-                                &[driver_end.as_raw_fd()],
-                            );
-                            drop(driver_end);
-                            r
+                            out.push(&ForkReply::Spawned { worker, pid }, vec![driver_end])
                         }
-                        Err(e) => ipc::send_packet(
-                            &ctrl,
-                            &ForkReply::SpawnFailed {
-                                worker,
-                                message: e.to_string(),
-                            },
-                            &[],
-                        ),
+                        Err(e) => {
+                            let message = e.to_string();
+                            out.push(&ForkReply::SpawnFailed { worker, message }, Vec::new())
+                        }
                     };
-                    if reply.is_err() {
+                    if queued.is_err() {
                         break;
                     }
                 }
@@ -259,6 +261,10 @@ fn serve(ctrl: OwnedFd, kit: WorkerKit) -> Result<()> {
                 Ok(None) | Err(_) => break,
             }
         }
+        // The driver is gone if its socket refuses what waits for it (rule 3).
+        if out.flush(&ctrl).is_err() {
+            break;
+        }
     }
     for &pid in &children {
         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
@@ -270,7 +276,11 @@ fn serve(ctrl: OwnedFd, kit: WorkerKit) -> Result<()> {
 }
 
 /// Reaps every exited child and reports it (rules 4 and 5).
-fn reap(ctrl: &OwnedFd, children: &mut HashSet<i32>, tails: &mut HashMap<i32, StderrTail>) {
+fn reap(
+    out: &mut ipc::PacketQueue,
+    children: &mut HashSet<i32>,
+    tails: &mut HashMap<i32, StderrTail>,
+) {
     loop {
         let cause = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(pid, code)) => (pid, ExitCause::Code(code)),
@@ -283,18 +293,15 @@ fn reap(ctrl: &OwnedFd, children: &mut HashSet<i32>, tails: &mut HashMap<i32, St
             tail.drain();
             if !tail.lines.is_empty() && children.contains(&pid) {
                 let lines = tail.lines.into_iter().collect();
-                let _ = ipc::send_packet(ctrl, &ForkReply::StderrTail { pid, lines }, &[]);
+                let _ = out.push(&ForkReply::StderrTail { pid, lines }, Vec::new());
             }
         }
         if children.remove(&pid) {
-            let _ = ipc::send_packet(
-                ctrl,
-                &ForkReply::Exited {
-                    pid,
-                    cause: cause.1,
-                },
-                &[],
-            );
+            let exited = ForkReply::Exited {
+                pid,
+                cause: cause.1,
+            };
+            let _ = out.push(&exited, Vec::new());
         }
     }
 }

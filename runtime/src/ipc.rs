@@ -260,25 +260,60 @@ pub(crate) fn spin<T>(mut poll: impl FnMut() -> Option<T>) -> Option<T> {
     }
 }
 
-/// Sends one packet on a `SOCK_SEQPACKET` socket, with `fds` attached.
-pub(crate) fn send_packet<T: Serialize>(
-    sock: &impl AsFd,
-    msg: &T,
-    fds: &[RawFd],
-) -> io::Result<()> {
-    let bytes = codec::encode(msg).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    let iov = [io::IoSlice::new(&bytes)];
-    let cmsgs = [ControlMessage::ScmRights(fds)];
-    let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &cmsgs };
-    sendmsg::<()>(
-        sock.as_fd().as_raw_fd(),
-        &iov,
-        cmsgs,
-        MsgFlags::MSG_NOSIGNAL,
-        None,
-    )
-    .map_err(io::Error::from)?;
-    Ok(())
+/// Outgoing packets of a `SOCK_SEQPACKET` socket (the fork server's control socket), with the
+/// fds each carries, sent without ever blocking: what the kernel does not take waits here
+/// until the socket has room (the owner polls it for writability while `!is_empty()`). So
+/// the scheduler and the fork server never block writing to each other.
+#[derive(Debug, Default)]
+pub(crate) struct PacketQueue {
+    packets: std::collections::VecDeque<(Vec<u8>, Vec<OwnedFd>)>,
+}
+
+impl PacketQueue {
+    /// Queues `msg` with `fds` (closed here once sent).
+    pub(crate) fn push<T: Serialize>(&mut self, msg: &T, fds: Vec<OwnedFd>) -> io::Result<()> {
+        let bytes =
+            codec::encode(msg).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        if bytes.len() > MAX_PACKET {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("packet of {} bytes exceeds {MAX_PACKET}", bytes.len()),
+            ));
+        }
+        self.packets.push_back((bytes, fds));
+        Ok(())
+    }
+
+    /// Nothing waits to be sent.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.packets.is_empty()
+    }
+
+    /// Sends what the socket takes now. `Ok(true)` once the queue is empty, `Ok(false)` when
+    /// the socket is full; an error when the peer is gone.
+    pub(crate) fn flush(&mut self, sock: &impl AsFd) -> io::Result<bool> {
+        while let Some((bytes, fds)) = self.packets.front() {
+            let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+            let iov = [io::IoSlice::new(bytes)];
+            let cmsgs = [ControlMessage::ScmRights(&raw)];
+            let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsgs };
+            match sendmsg::<()>(
+                sock.as_fd().as_raw_fd(),
+                &iov,
+                cmsgs,
+                MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+                None,
+            ) {
+                Ok(_) => {
+                    self.packets.pop_front();
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EAGAIN) => return Ok(false),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(true)
+    }
 }
 
 /// Receives one packet and the fds attached to it. `Ok(None)` when the peer is gone.

@@ -8,8 +8,9 @@ use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
+use crate::ipc::{self, PacketQueue};
 use crate::protocol::{ExitCause, ForkReply, ForkRequest};
-use crate::{Error, fork_server, ipc};
+use crate::{Error, fork_server};
 
 use super::Scheduler;
 use super::pool::Link;
@@ -30,6 +31,10 @@ pub(super) struct ForkLink {
     quiet_until: Instant,
     /// The last stderr lines of workers that just exited, by pid, until their death is handled.
     stderr_tails: HashMap<i32, Vec<String>>,
+    /// Requests the socket has not taken yet: the scheduler never blocks on it.
+    out: PacketQueue,
+    /// The socket is in the epoll set for writability too (`out` waits for room).
+    out_armed: bool,
 }
 
 impl ForkLink {
@@ -48,6 +53,8 @@ impl ForkLink {
             alive: true,
             quiet_until: Instant::now(),
             stderr_tails: HashMap::new(),
+            out: PacketQueue::default(),
+            out_armed: false,
         })
     }
 
@@ -66,19 +73,39 @@ impl ForkLink {
         Instant::now() < self.quiet_until
     }
 
-    /// Asks for a worker in `slot`; false if the request could not be sent.
+    /// Asks for a worker in `slot`; false if the fork server is gone.
     pub(super) fn spawn(&mut self, slot: u32) -> bool {
-        let sent = ipc::send_packet(&self.fd, &ForkRequest::Spawn { worker: slot }, &[]).is_ok();
-        if sent {
-            self.quiet_until = Instant::now() + FORK_QUIET;
-        }
-        sent
+        self.send(&ForkRequest::Spawn { worker: slot })
     }
 
     /// Asks for `pid` to be killed; its exit is reported as any other.
     pub(super) fn kill(&mut self, pid: i32) {
-        let _ = ipc::send_packet(&self.fd, &ForkRequest::Kill { pid }, &[]);
+        self.send(&ForkRequest::Kill { pid });
+    }
+
+    /// Queues a request and sends what the socket takes now; false if the fork server is gone.
+    fn send(&mut self, msg: &ForkRequest) -> bool {
+        if !self.alive || self.out.push(msg, Vec::new()).is_err() {
+            return false;
+        }
         self.quiet_until = Instant::now() + FORK_QUIET;
+        self.flush()
+    }
+
+    /// Sends what waits, as far as the socket takes it; false if the fork server is gone.
+    pub(super) fn flush(&mut self) -> bool {
+        self.out.flush(&self.fd).is_ok()
+    }
+
+    /// Requests wait for room in the socket: its writability must be watched (`set_armed`).
+    pub(super) fn needs_armed(&self) -> Option<bool> {
+        let waiting = !self.out.is_empty();
+        (waiting != self.out_armed).then_some(waiting)
+    }
+
+    /// Notes that the epoll set now watches (or not) the socket's writability.
+    pub(super) fn set_armed(&mut self, armed: bool) {
+        self.out_armed = armed;
     }
 
     /// Closes the control socket, which makes the fork server kill and reap every worker

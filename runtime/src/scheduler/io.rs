@@ -103,7 +103,15 @@ impl Scheduler {
                 BELL_TOKEN => self.bell.drain(),
                 FORK_TOKEN => {
                     worked = true;
-                    self.read_fork_server();
+                    if flags.contains(EpollFlags::EPOLLOUT) && !self.fork.flush() {
+                        self.on_fork_server_gone();
+                        continue;
+                    }
+                    let readable =
+                        EpollFlags::EPOLLIN | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR;
+                    if flags.intersects(readable) && self.fork.is_alive() {
+                        self.read_fork_server();
+                    }
                 }
                 slot => {
                     let slot = slot as u32;
@@ -201,8 +209,33 @@ impl Scheduler {
         self.watch_partial_frame(slot);
     }
 
-    /// Sends what every worker has queued, as far as its socket takes it without blocking.
+    /// Sends what every worker and the fork server have queued, as far as each socket takes it
+    /// without blocking; a socket left with output is watched for room.
     pub(super) fn flush(&mut self) {
+        self.flush_fork_server();
+        self.flush_workers();
+    }
+
+    fn flush_fork_server(&mut self) {
+        if !self.fork.is_alive() {
+            return;
+        }
+        if !self.fork.flush() {
+            return self.on_fork_server_gone();
+        }
+        if let Some(armed) = self.fork.needs_armed() {
+            let mut interest = EpollFlags::EPOLLIN;
+            if armed {
+                interest |= EpollFlags::EPOLLOUT;
+            }
+            let mut ev = EpollEvent::new(interest, FORK_TOKEN);
+            if self.io.epoll.modify(self.fork.fd(), &mut ev).is_ok() {
+                self.fork.set_armed(armed);
+            }
+        }
+    }
+
+    fn flush_workers(&mut self) {
         let mut slots = std::mem::take(&mut self.io.unflushed);
         slots.sort_unstable();
         slots.dedup();
