@@ -23,7 +23,8 @@ pub struct Config {
     pub(crate) num_cpus: usize,
     pub(crate) num_gpus: f64,
     pub(crate) resources: BTreeMap<String, f64>,
-    pub(crate) max_workers: usize,
+    /// Set by `max_workers`; `None`: 4 x `num_cpus`, whatever `num_cpus` ends up being.
+    max_workers: Option<usize>,
     pub(crate) store_capacity: u64,
     pub(crate) worker_program: Option<PathBuf>,
     pub(crate) cancel_grace: Duration,
@@ -52,7 +53,7 @@ impl Default for Config {
             num_cpus: cpus,
             num_gpus: 0.0,
             resources: BTreeMap::new(),
-            max_workers: 4 * cpus,
+            max_workers: None,
             store_capacity: default_capacity(),
             worker_program: None,
             cancel_grace: DEFAULT_CANCEL_GRACE,
@@ -84,9 +85,6 @@ impl Config {
     /// Defaults to the machine's. Also the number of workers forked at start.
     pub fn num_cpus(mut self, n: usize) -> Self {
         self.num_cpus = n.max(1);
-        if self.max_workers < self.num_cpus {
-            self.max_workers = self.num_cpus;
-        }
         self
     }
 
@@ -126,8 +124,15 @@ impl Config {
     /// blocked in `get`; past this bound a blocked worker runs queued tasks nested on its own
     /// stack instead. Defaults to 4 x `num_cpus`; never below `num_cpus`.
     pub fn max_workers(mut self, n: usize) -> Self {
-        self.max_workers = n.max(self.num_cpus);
+        self.max_workers = Some(n);
         self
+    }
+
+    /// The bound `max_workers` describes: as set (never below `num_cpus`), else 4 x `num_cpus`.
+    pub(crate) fn worker_cap(&self) -> usize {
+        self.max_workers
+            .unwrap_or(4 * self.num_cpus)
+            .max(self.num_cpus)
     }
 
     /// Bytes of shared memory for the object store. Defaults to a quarter of the machine's
@@ -172,5 +177,20 @@ impl Config {
 
     pub(crate) fn initial_workers(&self) -> usize {
         self.num_cpus
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_workers_defaults_to_four_times_num_cpus_whenever_it_is_set() {
+        assert_eq!(Config::default().num_cpus(3).worker_cap(), 12);
+        assert_eq!(Config::default().num_cpus(300).worker_cap(), 1200);
+        assert_eq!(Config::default().max_workers(5).num_cpus(2).worker_cap(), 5);
+        // Never below num_cpus, in either order.
+        assert_eq!(Config::default().max_workers(1).num_cpus(4).worker_cap(), 4);
+        assert_eq!(Config::default().num_cpus(4).max_workers(1).worker_cap(), 4);
     }
 }

@@ -59,7 +59,7 @@ impl Scheduler {
                         .queue
                         .len()
                         .min(free_cpus)
-                        .min(self.cfg.max_workers.saturating_sub(self.pool.size()));
+                        .min(self.cfg.worker_cap().saturating_sub(self.pool.size()));
                     let starting = self.pool.starting();
                     if starting > 0 || want > 0 {
                         for _ in starting..want {
@@ -168,7 +168,7 @@ impl Scheduler {
     /// may fork (scheduler rule 2), or nested on a blocked one.
     pub(super) fn can_place(&self) -> bool {
         self.pool.idle().is_some()
-            || self.pool.size() < self.cfg.max_workers
+            || self.pool.size() < self.cfg.worker_cap()
             || self.pool.blocked().is_some()
     }
 }
