@@ -129,6 +129,21 @@ pub enum Error {
         /// Why, as far as the runtime can tell.
         reason: String,
     },
+    /// No worker process could be started for a task, and none of the runtime's workers can
+    /// take it: the OS refused to fork (the message says why, e.g. too many open files or
+    /// processes). Raise the limit it names (`ulimit -n`, `ulimit -u`, the cgroup's
+    /// `pids.max` or memory) or lower `num_cpus`/`max_workers`.
+    #[error(
+        "no worker process could be started for task {task}: {message}; raise the limit this \
+         names (ulimit -n for open files, ulimit -u or pids.max for processes) or lower \
+         num_cpus/max_workers"
+    )]
+    WorkerStartFailed {
+        /// The task's name.
+        task: String,
+        /// What the OS said when the fork server tried.
+        message: String,
+    },
     /// A call was given something it cannot work with (the message says what).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

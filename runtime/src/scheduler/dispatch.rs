@@ -60,10 +60,15 @@ impl Scheduler {
                         .len()
                         .min(free_cpus)
                         .min(self.cfg.worker_cap().saturating_sub(self.pool.size()));
+                    // While forks fail and back off, a blocked worker takes the task nested,
+                    // as at the cap (rule 2).
                     let starting = self.pool.starting();
-                    if starting > 0 || want > 0 {
-                        for _ in starting..want {
-                            self.spawn_worker();
+                    let may_spawn = self.fork.may_spawn();
+                    if starting > 0 || (want > 0 && may_spawn) {
+                        if may_spawn {
+                            for _ in starting..want {
+                                self.spawn_worker();
+                            }
                         }
                         return;
                     }

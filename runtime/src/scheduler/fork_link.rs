@@ -14,12 +14,21 @@ use crate::{Error, fork_server};
 
 use super::Scheduler;
 use super::pool::Link;
+use super::requests::Deadline;
 
 /// How long the scheduler does not spin after asking the fork server for a fork or a kill: the
 /// fork server needs a CPU to do it (and to reap and report), and on 2 CPUs a spinning
 /// scheduler and driver held it back by milliseconds (force cancel 2.2 ms median against
 /// 0.66 ms without spinning, microbenchmark faults section).
 const FORK_QUIET: Duration = Duration::from_millis(5);
+
+/// The first back-off after a failed fork; it doubles with each failure in a row.
+const SPAWN_BACKOFF: Duration = Duration::from_millis(10);
+/// The longest back-off between failed forks.
+const SPAWN_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Failed forks in a row, with no pool worker left, after which the queued tasks fail
+/// (`WorkerStartFailed`) instead of waiting for a fork that keeps failing.
+const SPAWN_FAILURES_TO_GIVE_UP: u32 = 4;
 
 /// The scheduler's end of the fork server's control socket, and the fork server's process.
 pub(super) struct ForkLink {
@@ -35,6 +44,10 @@ pub(super) struct ForkLink {
     out: PacketQueue,
     /// The socket is in the epoll set for writability too (`out` waits for room).
     out_armed: bool,
+    /// Forks that failed in a row (the OS refused: too many open files or processes...).
+    failures: u32,
+    /// No pool worker is asked for before this, after a failure (`spawn_failed`).
+    retry_at: Instant,
 }
 
 impl ForkLink {
@@ -55,6 +68,8 @@ impl ForkLink {
             stderr_tails: HashMap::new(),
             out: PacketQueue::default(),
             out_armed: false,
+            failures: 0,
+            retry_at: Instant::now(),
         })
     }
 
@@ -71,6 +86,45 @@ impl ForkLink {
     /// True while the fork server was just asked to fork or kill and needs the CPU.
     pub(super) fn is_busy(&self) -> bool {
         Instant::now() < self.quiet_until
+    }
+
+    /// True unless forks failed lately and the back-off has not passed: the pool asks for no
+    /// worker meanwhile, and a blocked worker runs queued tasks nested instead (scheduler
+    /// rule 2).
+    pub(super) fn may_spawn(&self) -> bool {
+        Instant::now() >= self.retry_at
+    }
+
+    /// Forks that failed in a row.
+    pub(super) fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// A fork failed: backs off (doubling from `SPAWN_BACKOFF` to `SPAWN_BACKOFF_MAX`) and
+    /// reports the first failure of a series; returns when to try again.
+    pub(super) fn spawn_failed(&mut self, message: &str) -> Instant {
+        self.failures += 1;
+        if self.failures == 1 {
+            eprintln!(
+                "rayfork: forking a worker failed: {message}; retrying with back-off (further \
+                 failures are not reported until a fork succeeds)"
+            );
+        }
+        let backoff = SPAWN_BACKOFF.saturating_mul(1 << (self.failures - 1).min(16));
+        self.retry_at = Instant::now() + backoff.min(SPAWN_BACKOFF_MAX);
+        self.retry_at
+    }
+
+    /// A fork succeeded: the series of failures, if any, is over.
+    fn spawn_succeeded(&mut self) {
+        if self.failures > 0 {
+            eprintln!(
+                "rayfork: forking works again after {} failures",
+                self.failures
+            );
+        }
+        self.failures = 0;
+        self.retry_at = Instant::now();
     }
 
     /// Asks for a worker in `slot`; false if the fork server is gone.
@@ -128,13 +182,24 @@ impl Scheduler {
     pub(super) fn on_fork(&mut self, msg: ForkReply, mut fds: Vec<OwnedFd>) {
         match msg {
             ForkReply::Spawned { worker, pid } => {
-                let Some(fd) = fds.pop() else { return };
-                let stream = UnixStream::from(fd);
                 let Some(w) = self.pool.workers.get_mut(&worker) else {
                     return;
                 };
                 w.pid = pid;
                 self.pool.pids.insert(pid, worker);
+                let Some(fd) = fds.pop() else {
+                    // The driver could not take the worker's socket (out of descriptors):
+                    // a failed fork; the worker is ended and its exit reported as usual.
+                    self.fork_failed(
+                        "the driver could not receive its socket (too many open files?)",
+                    );
+                    return self.on_hangup(worker);
+                };
+                self.fork.spawn_succeeded();
+                let Some(w) = self.pool.workers.get_mut(&worker) else {
+                    return;
+                };
+                let stream = UnixStream::from(fd);
                 // Killed before it existed (`Closed`), or unreachable: ended below, now that
                 // it has a pid (its exit is reported as usual).
                 let reachable = matches!(w.link, Link::Forking)
@@ -161,7 +226,6 @@ impl Scheduler {
                 }
             }
             ForkReply::SpawnFailed { worker, message } => {
-                eprintln!("rayfork: forking worker {worker} failed: {message}");
                 let gone = self.pool.remove(worker);
                 if let Some(lane) = gone.as_ref().and_then(|w| w.lane) {
                     self.lanes.give_back(lane);
@@ -172,6 +236,7 @@ impl Scheduler {
                     }
                     self.actor_gone(a, format!("its process could not start: {message}"));
                 }
+                self.fork_failed(&message);
             }
             ForkReply::StderrTail { pid, lines } => self.on_stderr_tail(pid, lines),
             ForkReply::Exited { pid, cause } => {
@@ -220,5 +285,24 @@ impl Scheduler {
             }
         }
         text
+    }
+
+    /// A fork failed: back off (the loop wakes for the retry), and if no pool worker is left to
+    /// run anything, fail what is queued with the OS's reason instead of waiting for ever.
+    fn fork_failed(&mut self, message: &str) {
+        let retry = self.fork.spawn_failed(message);
+        self.deadlines.push(retry, Deadline::ForkRetry);
+        if self.pool.size() == 0 && self.fork.failures() >= SPAWN_FAILURES_TO_GIVE_UP {
+            for t in std::mem::take(&mut self.queue) {
+                let Some(task) = self.tasks.get(&t) else {
+                    continue;
+                };
+                let err = Error::WorkerStartFailed {
+                    task: task.name.clone(),
+                    message: message.to_string(),
+                };
+                self.finish_task(t, Err(err));
+            }
+        }
     }
 }

@@ -300,8 +300,11 @@ impl Pool {
 }
 
 impl Scheduler {
+    /// Forks a pool worker, unless forks fail lately and back off (fork_link.rs).
     pub(super) fn spawn_worker(&mut self) {
-        self.spawn_worker_for(None);
+        if self.fork.may_spawn() {
+            self.spawn_worker_for(None);
+        }
     }
 
     /// Forks a worker for the pool, or for `actor` (scheduler rule 8); its slot if the request went

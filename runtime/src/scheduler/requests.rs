@@ -46,6 +46,8 @@ pub(super) enum Deadline {
     /// Worker `slot` has had a partial frame since it had received `received` bytes
     /// (io.rs, `on_frame_stall`).
     FrameStall { slot: u32, received: u64 },
+    /// A fork failed and its back-off ends: the loop wakes to try again (fork_link.rs).
+    ForkRetry,
 }
 
 /// Request timeouts and cancel grace periods, soonest first.
@@ -159,6 +161,7 @@ impl Scheduler {
                 }
                 Deadline::CancelKill { slot, task } => self.on_cancel_timer(slot, task),
                 Deadline::FrameStall { slot, received } => self.on_frame_stall(slot, received),
+                Deadline::ForkRetry => {}
             }
         }
     }
