@@ -394,10 +394,11 @@ fn nest_parent(dir: String) -> rayfork::Result<(bool, bool, bool)> {
         .num_cpus(0.0)
         .remote(format!("{dir}/victim"), format!("{dir}/victim-saw"));
     let killer = cancel_it::remote(vec![victim.clone()]);
-    // While this waits, the victim runs nested on this worker (max_workers = 2, the other
-    // worker is busy), and the killer waits for a CPU.
-    let outcome = rayfork::get(&killer)?;
+    // While this waits for the victim, the victim runs nested on this worker (what a frame
+    // waits for may run nested on it; max_workers = 2, the other worker is busy), and the
+    // killer waits for a CPU.
     let victim_cancelled = rayfork::get(&victim).is_err_and(|e| e.is_cancelled());
+    let outcome = rayfork::get(&killer)?;
     Ok((
         rayfork::is_cancelled(),
         victim_cancelled,
@@ -440,11 +441,20 @@ fn a_nested_frame_has_its_own_flag_and_tasks_can_cancel() {
     assert_eq!(s.workers_died, 0, "{s:?}");
 }
 
-/// Waits for another task's result (blocked in `get`, so tasks can run nested on top of it).
-#[remote]
-fn host(dir: String, refs: Vec<ObjectRef<u64>>) -> rayfork::Result<u64> {
-    announce(&format!("{dir}/host"));
-    rayfork::get(&refs[0])
+/// Submits a guest and yields its ref, then waits for it (blocked in `get`, so the guest,
+/// which it waits for, runs nested on top of it).
+#[remote(streaming)]
+fn host(dir: String) -> impl Iterator<Item = ObjectRef<u64>> {
+    let g = guest::options()
+        .num_cpus(0.0)
+        .max_retries(0)
+        .remote(format!("{dir}/guest"), format!("{dir}/guest-release"));
+    let wait = g.clone();
+    std::iter::once(g).chain(std::iter::once_with(move || {
+        announce(&format!("{dir}/host"));
+        let _ = rayfork::get(&wait);
+        wait
+    }))
 }
 
 /// Notes each run, announces itself, and returns once `release` exists.
@@ -473,15 +483,13 @@ fn frames_killed_with_a_cancelled_task_are_resubmitted() {
     let release = path(&dir, "release");
     let filler = blocker::remote(path(&dir, "filler"), release.clone());
     announced(&path(&dir, "filler"));
-    let h = host::remote(d.clone(), vec![filler.clone()]);
+    // No idle worker and no room for another: the guest, which the host waits for, runs
+    // nested on the host's worker. With no retries left, only scheduler rule 9 (an innocent
+    // frame uses no attempt) lets it run again.
+    let mut hosting = host::remote(d.clone());
+    let g: ObjectRef<u64> = rt.get(&hosting.next().unwrap().unwrap()).unwrap();
+    let h = hosting.completion().clone();
     let host_pid = announced(&format!("{d}/host"));
-    // No idle worker and no room for another: the guest runs nested on the host's worker.
-    // With no retries left, only scheduler rule 9 (an innocent frame uses no attempt) lets it
-    // run again.
-    let g = guest::options()
-        .num_cpus(0.0)
-        .max_retries(0)
-        .remote(format!("{d}/guest"), format!("{d}/guest-release"));
     assert_eq!(announced(&format!("{d}/guest")), host_pid);
     std::fs::remove_file(format!("{d}/guest")).unwrap();
     let mode = CancelMode::default().force().recursive(false);

@@ -257,3 +257,31 @@ fn the_crash_cause_quotes_the_last_stderr_lines() {
         other => panic!("expected WorkerCrashed, got {other:?}"),
     }
 }
+
+/// When the fork server dies, every task that cannot run any more, and every later one,
+/// fails with `RuntimeStopped`, which says to start a new runtime; nothing hangs.
+#[test]
+fn a_dead_fork_server_stops_the_runtime_with_a_typed_error() {
+    let _w = watchdog("a_dead_fork_server_stops_the_runtime", LIMIT);
+    let rt = runtime();
+    let worker = rt.get(&pid::remote()).unwrap() as i32;
+    let fork_server = rayfork_tests::parent_of(worker).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(fork_server),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // Until the scheduler sees it, a task may still run (or be retried): either way it ends.
+    let gone = rayfork_tests::eventually(LIMIT, || {
+        matches!(rt.get(&pid::remote()), Err(Error::RuntimeStopped { .. }))
+    });
+    assert!(gone, "the runtime never said it stopped");
+    match rt.get(&pid::remote()) {
+        Err(Error::RuntimeStopped { reason }) => {
+            assert!(reason.contains("fork server"), "{reason}")
+        }
+        other => panic!("expected RuntimeStopped, got {other:?}"),
+    }
+    // Its workers die with it (PR_SET_PDEATHSIG), a moment later.
+    assert!(rayfork_tests::eventually(LIMIT, || !rayfork_tests::alive(worker)));
+}

@@ -144,6 +144,13 @@ pub enum Error {
         /// What the OS said when the fork server tried.
         message: String,
     },
+    /// This runtime can no longer run tasks (its fork server died, so no worker can be
+    /// started): start a new runtime.
+    #[error("this runtime can no longer run tasks ({reason}): start a new runtime")]
+    RuntimeStopped {
+        /// What stopped it.
+        reason: String,
+    },
     /// A call was given something it cannot work with (the message says what).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

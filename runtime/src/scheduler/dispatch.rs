@@ -1,5 +1,7 @@
 //! Placing ready tasks on workers (scheduler rules 1, 2). Owns no state of its own.
 
+use std::collections::HashSet;
+
 use crate::protocol::{ActorCall, Arg, Id, Payload, RunTask, ToWorker};
 use crate::{Error, timeline};
 
@@ -7,6 +9,9 @@ use super::Scheduler;
 use super::objects::ObjState;
 use super::pool::Frame;
 use super::tasks::TaskState;
+
+/// Tasks `ready_dependency` looks at, at most, for one blocked worker.
+const NEST_SEARCH: usize = 4096;
 
 impl Scheduler {
     /// Starts queued tasks on idle workers (scheduler rules 1, 2).
@@ -72,18 +77,75 @@ impl Scheduler {
                         }
                         return;
                     }
-                    match self.pool.blocked() {
-                        Some(s) => {
-                            self.stats.nested_inline += 1;
-                            s
-                        }
-                        None => return,
-                    }
+                    // Rule 2: nested on a blocked worker, a task its top frame waits for.
+                    let Some((slot, nested)) = self.pick_nested() else {
+                        return;
+                    };
+                    self.stats.nested_inline += 1;
+                    self.queue.retain(|&q| q != nested);
+                    let cpus = self.task_cpus(nested);
+                    self.start_task(slot, nested, cpus);
+                    continue;
                 }
             };
             self.queue.remove(pos);
             self.start_task(slot, task, cpus);
         }
+    }
+
+    /// A blocked pool worker and a queued task to run nested on its stack (scheduler rule 2),
+    /// if one fits now. Only a task the worker's top frame waits for, directly or through the
+    /// arguments of what it waits for, is nested: such a task cannot wait for a frame below
+    /// it on that stack (each frame there waits for the one above it, so that would be a
+    /// cycle), while any other task might, and would then wait for ever under a frame that
+    /// cannot resume before it ends.
+    pub(super) fn pick_nested(&self) -> Option<(u32, Id)> {
+        self.pool
+            .members()
+            .filter(|(_, w)| w.takes_pool_work())
+            .find_map(|(slot, w)| {
+                let top = w.stack.last()?;
+                let rid = top.blocked.filter(|_| top.pending.is_none())?;
+                let ids = &self.requests.get(&rid)?.ids;
+                self.ready_dependency(ids).map(|task| (slot, task))
+            })
+    }
+
+    /// The first queued pool task that fits now among the tasks that produce `ids` and,
+    /// transitively, the arguments of those still waiting for theirs (at most `NEST_SEARCH`
+    /// tasks are looked at).
+    fn ready_dependency(&self, ids: &[Id]) -> Option<Id> {
+        let mut stack: Vec<Id> = ids.iter().rev().copied().collect();
+        let mut seen = HashSet::new();
+        while let Some(id) = stack.pop() {
+            let task = self.task_of_return(id);
+            if seen.len() >= NEST_SEARCH || !seen.insert(task) {
+                continue;
+            }
+            let Some(t) = self.tasks.get(&task) else {
+                continue;
+            };
+            match t.state {
+                TaskState::Ready => {
+                    let fits =
+                        self.res.fits(t.spec.opts.num_cpus) && self.res.fits_other(&t.spec.opts);
+                    if t.spec.actor.is_none() && fits {
+                        return Some(task);
+                    }
+                }
+                TaskState::WaitingArgs { .. } => {
+                    let pending = t.spec.args.iter().rev().filter_map(|a| match a {
+                        Arg::Ref(r) if !self.is_ready(*r) => Some(*r),
+                        _ => None,
+                    });
+                    stack.extend(pending);
+                }
+                // It runs, or will once the frame it waits behind ends: that worker's own
+                // top frame is where a nested task for it is looked for.
+                TaskState::QueuedOn { .. } | TaskState::Running { .. } => {}
+            }
+        }
+        None
     }
 
     /// The queue position of the next task to start, if one fits now (scheduler rule 1): tasks wait
@@ -174,6 +236,6 @@ impl Scheduler {
     pub(super) fn can_place(&self) -> bool {
         self.pool.idle().is_some()
             || self.pool.size() < self.cfg.worker_cap()
-            || self.pool.blocked().is_some()
+            || self.pick_nested().is_some()
     }
 }

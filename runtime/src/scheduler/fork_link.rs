@@ -264,7 +264,8 @@ impl Scheduler {
     /// Nothing can run any more: fails what is queued.
     pub(super) fn fail_queue_no_fork_server(&mut self) {
         for t in std::mem::take(&mut self.queue) {
-            self.finish_task(t, Err(Error::Runtime("the fork server died".into())));
+            let reason = "its fork server died, so no worker can be started".to_string();
+            self.finish_task(t, Err(Error::RuntimeStopped { reason }));
         }
     }
 

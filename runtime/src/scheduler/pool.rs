@@ -284,19 +284,6 @@ impl Pool {
             .find(|(_, w)| w.takes_pool_work() && w.stack.is_empty())
             .map(|(s, _)| s)
     }
-
-    /// The lowest pool worker whose top frame is blocked with no answer waiting: it can run a
-    /// task nested (scheduler rule 2).
-    pub(super) fn blocked(&self) -> Option<u32> {
-        self.members()
-            .find(|(_, w)| {
-                w.takes_pool_work()
-                    && w.stack
-                        .last()
-                        .is_some_and(|f| f.blocked.is_some() && f.pending.is_none())
-            })
-            .map(|(s, _)| s)
-    }
 }
 
 impl Scheduler {
