@@ -283,5 +283,7 @@ fn a_dead_fork_server_stops_the_runtime_with_a_typed_error() {
         other => panic!("expected RuntimeStopped, got {other:?}"),
     }
     // Its workers die with it (PR_SET_PDEATHSIG), a moment later.
-    assert!(rayfork_tests::eventually(LIMIT, || !rayfork_tests::alive(worker)));
+    assert!(rayfork_tests::eventually(LIMIT, || !rayfork_tests::alive(
+        worker
+    )));
 }

@@ -255,7 +255,8 @@ fn child_driver() {
     }
     let rt = runtime();
     let w = rt.get(&pid::remote()).unwrap() as i32;
-    println!("PIDS {} {}", parent_of(w).unwrap(), w);
+    let g = rt.get(&spawn_sleeper::remote()).unwrap() as i32;
+    println!("PIDS {} {} {}", parent_of(w).unwrap(), w, g);
     use std::io::Write;
     std::io::stdout().flush().unwrap();
     // Wait to be killed; if the parent test dies first, stdin closes and we exit.
@@ -290,17 +291,33 @@ fn driver_sigkill_takes_every_process_down() {
                 .split_whitespace()
                 .map(|x| x.parse().unwrap())
                 .collect();
-            pids = Some((v[0], v[1]));
+            pids = Some((v[0], v[1], v[2]));
             break;
         }
     }
-    let (fork_server, worker) = pids.expect("child driver printed its pids");
-    assert!(alive(fork_server) && alive(worker));
+    let (fork_server, worker, grandchild) = pids.expect("child driver printed its pids");
+    assert!(alive(fork_server) && alive(worker) && alive(grandchild));
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     // Fate sharing: gone within a second (the limit is a safety net, ten times that).
     assert!(eventually(Duration::from_secs(10), || !alive(fork_server)
-        && !alive(worker)));
+        && !alive(worker)
+        && !alive(grandchild)));
+}
+
+/// Starts `sleep 1000` from a task (a grandchild of the runtime) and returns its pid.
+#[remote]
+fn spawn_sleeper() -> u32 {
+    let child = std::process::Command::new("sleep")
+        .arg("1000")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn sleep");
+    let pid = child.id();
+    std::mem::forget(child);
+    pid
 }
 
 /// Two runtimes of one process name their objects in separate id spaces: a ref of one, passed

@@ -10,11 +10,15 @@
 //! 1. The driver never forks itself (it may have threads). It exec's a program (its own binary
 //!    by default) with `RAYFORK_ROLE=fork-server`; the role hook catches that before `main`.
 //! 2. The fork server is single-threaded, so `fork()` from it is sound whatever the driver does.
-//! 3. Fate sharing: the fork server gets SIGKILL when the driver thread that started it (the
+//! 3. Fate sharing: the fork server gets SIGTERM when the driver thread that started it (the
 //!    scheduler thread) ends, workers get SIGKILL when the fork server ends
 //!    (PR_SET_PDEATHSIG), and each checks its parent after setting it, to close the race with a
-//!    parent that died first. When the driver closes the control socket, the fork server kills
-//!    and reaps every worker, then exits.
+//!    parent that died first. When the driver closes the control socket, or SIGTERM comes, the
+//!    fork server kills and reaps every worker, then exits.
+//! 6. Each worker leads a process group of its own, which the processes a task starts join:
+//!    every kill of a worker (a cancel, a retirement's end, the runtime's end) and every reap
+//!    of one (a crash) sends SIGKILL to the whole group, so a task's children die with it. A
+//!    child that leaves the group (`setsid`, `setpgid`) is out of reach.
 //! 4. Every child is reaped by the fork server (SIGCHLD through a signalfd) and its exit cause is
 //!    sent to the driver; the driver reaps the fork server.
 //! 5. A worker's stderr is a pipe to the fork server, which forwards every byte to its own
@@ -175,8 +179,10 @@ struct WorkerKit {
 fn serve(ctrl: OwnedFd, kit: WorkerKit) -> Result<()> {
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
+    // The driver's death (PR_SET_PDEATHSIG, rule 3): end as when it closes the socket.
+    mask.add(Signal::SIGTERM);
     mask.thread_block()
-        .map_err(|e| Error::os("block SIGCHLD", e))?;
+        .map_err(|e| Error::os("block SIGCHLD and SIGTERM", e))?;
     let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(|e| Error::os("signalfd", e))?;
     let mut children: HashSet<i32> = HashSet::new();
@@ -229,8 +235,14 @@ fn serve(ctrl: OwnedFd, kit: WorkerKit) -> Result<()> {
             }
         }
         if sig_ready {
-            while let Ok(Some(_)) = sigfd.read_signal() {}
+            let mut driver_gone = false;
+            while let Ok(Some(info)) = sigfd.read_signal() {
+                driver_gone |= info.ssi_signo == Signal::SIGTERM as u32;
+            }
             reap(&mut out, &mut children, &mut tails);
+            if driver_gone {
+                break;
+            }
         }
         if ctrl_ready {
             match ipc::recv_packet::<ForkRequest>(&ctrl) {
@@ -254,7 +266,7 @@ fn serve(ctrl: OwnedFd, kit: WorkerKit) -> Result<()> {
                 }
                 Ok(Some((ForkRequest::Kill { pid }, _))) => {
                     if children.contains(&pid) {
-                        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                        kill_group(pid);
                     }
                 }
                 // The driver is gone or spoke nonsense: shut down (rule 3).
@@ -267,12 +279,18 @@ fn serve(ctrl: OwnedFd, kit: WorkerKit) -> Result<()> {
         }
     }
     for &pid in &children {
-        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        kill_group(pid);
     }
     for pid in children.drain() {
         let _ = waitpid(Pid::from_raw(pid), None);
     }
     Ok(())
+}
+
+/// SIGKILLs worker `pid` and its process group (rule 6): the processes its tasks started.
+fn kill_group(pid: i32) {
+    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    let _ = nix::sys::signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
 }
 
 /// Reaps every exited child and reports it (rules 4 and 5).
@@ -296,6 +314,8 @@ fn reap(
                 let _ = out.push(&ForkReply::StderrTail { pid, lines }, Vec::new());
             }
         }
+        // Rule 6: what its task started dies with it.
+        kill_group(pid);
         if children.remove(&pid) {
             let exited = ForkReply::Exited {
                 pid,
@@ -334,6 +354,8 @@ fn spawn_worker(
     match unsafe { fork() }.map_err(|e| Error::os("fork", e))? {
         ForkResult::Child => {
             let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+            // Rule 6: a group of its own, which its task's children join.
+            let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
             if getppid() != server {
                 // SAFETY: `_exit` ends the process without running anything of the parent's.
                 unsafe { libc::_exit(0) };
@@ -402,7 +424,7 @@ pub(crate) fn spawn(
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) == -1 {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) == -1 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
