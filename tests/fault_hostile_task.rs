@@ -193,3 +193,55 @@ fn a_stalled_partial_frame_kills_its_worker_and_costs_what_arrived() {
         3
     );
 }
+
+/// Overwrites every claim cell of the shared table (every worker's, rule 11 of the
+/// scheduler) until `stop` exists; returns how many rounds it did.
+#[remote]
+fn scribble_claims(stop: String) -> u64 {
+    let mut rounds = 0u64;
+    while !std::path::Path::new(&stop).exists() {
+        assert!(rayfork::__private::hostile::scribble_claims(
+            0x5eed_0000 + rounds
+        ));
+        rounds += 1;
+    }
+    rounds
+}
+
+#[remote]
+fn tiny(i: u64) -> u64 {
+    i + 1
+}
+
+#[test]
+fn a_worker_scribbling_over_the_claim_cells_cannot_lose_other_tasks() {
+    let _w = watchdog("a_worker_scribbling_over_the_claim_cells", LIMIT);
+    let rt = Runtime::builder().num_cpus(3).start().unwrap();
+    let dir = std::env::temp_dir().join(format!("rayfork-hostile-claims-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let stop = dir.join("stop").to_string_lossy().into_owned();
+    // Half a CPU: no task of one CPU is queued behind it (a task queued behind a frame that
+    // never ends waits for it, hostile or not; what the scribbler must not do is lose the
+    // tasks of the other workers).
+    let scribbler = scribble_claims::options()
+        .num_cpus(0.5)
+        .remote(stop.clone());
+    // Small tasks queue behind each other on the other workers (pipelining) while the
+    // scribbler overwrites their claim cells.
+    let refs: Vec<_> = (0..3000u64).map(tiny::remote).collect();
+    let (ready, pending) = rayfork::wait(&refs, refs.len(), Some(Duration::from_secs(60))).unwrap();
+    std::fs::write(&stop, b"stop").unwrap();
+    assert!(rt.get(&scribbler).unwrap() > 0);
+    assert!(
+        pending.is_empty(),
+        "{} of {} tasks were lost: {:?}\n{}",
+        pending.len(),
+        refs.len(),
+        rt.stats().unwrap(),
+        rt.summary().unwrap()
+    );
+    assert_eq!(ready.len(), refs.len());
+    let got = rt.get_all(&refs).unwrap();
+    assert!(got.iter().enumerate().all(|(i, &v)| v == i as u64 + 1));
+    let _ = std::fs::remove_dir_all(&dir);
+}

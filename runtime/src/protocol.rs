@@ -282,6 +282,9 @@ pub(crate) enum FromWorker {
     Abort { id: Id },
     /// The task on top of the stack finished.
     Done { task: Id, outcome: Outcome },
+    /// A queued task (rule 6) this worker did not start: its claim cell did not hold its
+    /// `ticket` (taken back, or overwritten). One-way.
+    Unclaimed { task: Id, ticket: u64 },
     /// A generator task yields `item` (a value this worker put); its reference moves to the
     /// stream. Answered with `YieldAck` once the stream has room (scheduler rule 10).
     Yield { task: Id, item: Id },

@@ -142,6 +142,16 @@ pub mod hostile {
         })
     }
 
+    /// Writes `value` into every claim cell of the shared table (every worker's).
+    pub fn scribble_claims(value: u64) -> bool {
+        THIS_WORKER.get().is_some_and(|w| {
+            for cell in 0..crate::shared_flags::LANES * crate::shared_flags::RING as u32 {
+                w.flags.arm(cell, value);
+            }
+            true
+        })
+    }
+
     /// Sends reference changes for ids (as `u128`) this worker may or may not hold.
     pub fn ref_ops(ops: &[(u128, i32)]) -> bool {
         THIS_WORKER
@@ -258,6 +268,12 @@ impl WorkerBackend {
                     if self.flags.take(cell, ticket) {
                         return Ok(Next::Run(run));
                     }
+                    // Taken back by the scheduler, or the cell was overwritten: say so, so
+                    // that a task the scheduler counts as started here goes elsewhere.
+                    self.send(FromWorker::Unclaimed {
+                        task: run.task,
+                        ticket,
+                    })?;
                 }
                 ToWorker::Exit => return Ok(Next::Exit),
                 other => return Ok(Next::Unexpected(other)),

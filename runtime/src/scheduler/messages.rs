@@ -86,6 +86,10 @@ impl Scheduler {
                 let Some(slot) = slot else { return };
                 self.on_done(slot, task, outcome);
             }
+            FromWorker::Unclaimed { task, ticket } => {
+                let Some(slot) = slot else { return };
+                self.on_unclaimed(slot, task, ticket);
+            }
             FromWorker::KillActor { actor } => self.kill_actor(actor, "killed by its owner"),
             FromWorker::Yield { task, item } => {
                 let Some(slot) = slot else { return };

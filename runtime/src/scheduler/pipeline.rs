@@ -183,6 +183,43 @@ impl Scheduler {
         }
     }
 
+    /// Worker `slot` says it did not start queued task `task` (sent with `ticket`): its claim
+    /// failed. If the scheduler counted that very sending started there (the frame
+    /// `start_queued` pushed, with the same ticket), it never ran: the
+    /// frame goes, with its CPUs and attempt, and the task back to the front of the queue (or
+    /// of its actor's calls); the shared table and the scheduler disagreed (a worker wrote
+    /// it), and the task must still end (scheduler rule 11). Otherwise the scheduler had
+    /// taken it back: nothing to do.
+    pub(super) fn on_unclaimed(&mut self, slot: u32, task: Id, ticket: u64) {
+        let Some(w) = self.pool.workers.get_mut(&slot) else {
+            return;
+        };
+        let started_here = w.stack.len() == 1
+            && w.stack[0].task == task
+            && w.stack[0].claim.is_some_and(|(_, t)| t == ticket)
+            && w.stack[0].blocked.is_none();
+        if !started_here {
+            return;
+        }
+        let Some(f) = w.stack.pop() else { return };
+        w.settled = w.settled.max(f.mark);
+        self.events.unstarted(task);
+        self.stats.pipelined = self.stats.pipelined.saturating_sub(1);
+        self.res.give_cpus(f.cpus);
+        let Some(t) = self.tasks.get_mut(&task) else {
+            return self.after_pop(slot);
+        };
+        // A cancel applied when it started (rule 9) ends it now: it never will start.
+        let cancelled = t.state.is_cancel_requested().then(|| t.cancelled_error());
+        t.attempts = t.attempts.saturating_sub(1);
+        t.state = TaskState::Ready;
+        match cancelled {
+            Some(err) => self.finish_task(task, Err(err)),
+            None => self.requeue_front(task),
+        }
+        self.after_pop(slot);
+    }
+
     /// Takes back the task at `index` of `slot`'s queue if the worker has not claimed it; it
     /// then belongs to no worker (the caller says where it goes).
     pub(super) fn take_back_one(&mut self, slot: u32, index: usize) -> bool {
