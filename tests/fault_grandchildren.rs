@@ -15,17 +15,10 @@ const PATIENCE: Duration = Duration::from_secs(30);
 /// told: "park" (runs until killed), "abort" (crashes), "return" (returns at once).
 #[remote]
 fn with_child(path: String, then: String) -> u32 {
-    let child = std::process::Command::new("sleep")
-        .arg("1000")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn sleep");
+    let child = rayfork_tests::spawn_sleeper();
     let tmp = format!("{path}.tmp");
-    std::fs::write(&tmp, child.id().to_string()).unwrap();
+    std::fs::write(&tmp, child.to_string()).unwrap();
     std::fs::rename(&tmp, &path).unwrap();
-    std::mem::forget(child);
     match then.as_str() {
         "abort" => std::process::abort(),
         "return" => 0,

@@ -98,3 +98,18 @@ pub fn note_run(path: &str) {
 pub fn runs(path: &str) -> usize {
     std::fs::read_to_string(path).map_or(0, |s| s.lines().count())
 }
+
+/// Starts `sleep 1000` with no stdio (so it holds no pipe of the test's) and returns its pid:
+/// a child process for a task to leave behind.
+pub fn spawn_sleeper() -> u32 {
+    let child = std::process::Command::new("sleep")
+        .arg("1000")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn sleep");
+    let pid = child.id();
+    std::mem::forget(child);
+    pid
+}

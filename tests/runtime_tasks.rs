@@ -308,16 +308,7 @@ fn driver_sigkill_takes_every_process_down() {
 /// Starts `sleep 1000` from a task (a grandchild of the runtime) and returns its pid.
 #[remote]
 fn spawn_sleeper() -> u32 {
-    let child = std::process::Command::new("sleep")
-        .arg("1000")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn sleep");
-    let pid = child.id();
-    std::mem::forget(child);
-    pid
+    rayfork_tests::spawn_sleeper()
 }
 
 /// Two runtimes of one process name their objects in separate id spaces: a ref of one, passed

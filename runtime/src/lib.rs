@@ -42,7 +42,8 @@
 //! # Nested tasks
 //! A task may submit tasks and `get` their results. While it waits, its CPU goes back to the
 //! scheduler, which runs queued tasks on idle workers, forks more workers (up to
-//! [`Config::max_workers`]) or runs them nested on the blocked worker: no deadlock.
+//! [`Config::max_workers`]), or runs on the blocked worker, nested on its stack, a task it
+//! waits for (never one that could wait for it): no deadlock.
 //!
 //! # Observability
 //! [`Runtime::timeline`] writes a Chrome trace (open it in ui.perfetto.dev): a bar per run of
