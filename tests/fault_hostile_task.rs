@@ -245,3 +245,37 @@ fn a_worker_scribbling_over_the_claim_cells_cannot_lose_other_tasks() {
     assert!(got.iter().enumerate().all(|(i, &v)| v == i as u64 + 1));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Drops `times` references to the array it was given, more than it holds.
+#[remote]
+fn drop_refs_of(a: Array<i64>, times: i32) -> u32 {
+    let id = a.id().as_u128();
+    assert!(rayfork::__private::hostile::ref_ops(&[(id, -times)]));
+    // A round trip: the forged operations are applied before this answer comes.
+    let _ = rayfork::get(&rayfork::put(&0u8).unwrap());
+    0
+}
+
+#[test]
+fn a_worker_cannot_drop_references_it_does_not_hold() {
+    let _w = watchdog("a_worker_cannot_drop_references_it_does_not_hold", LIMIT);
+    let rt = runtime();
+    let data: Vec<i64> = (0..1_000_000).collect();
+    let expected: i64 = data.iter().sum();
+    let arr = rt.put_array(&data).unwrap();
+    let r = drop_refs_of::options()
+        .max_retries(0)
+        .remote(arr.clone(), 8);
+    match rt.get(&r) {
+        Err(rayfork::Error::WorkerCrashed { .. }) => {}
+        other => panic!("the worker should have been killed, got {other:?}"),
+    }
+    // Had the array been freed, new objects would take its memory and the driver would read
+    // their bytes through its view.
+    let others: Vec<_> = (0..4)
+        .map(|i| rt.put_array(&vec![i as i64; 1_000_000]).unwrap())
+        .collect();
+    assert_eq!(arr.iter().sum::<i64>(), expected);
+    assert_eq!(rt.get(&sum::remote(arr.clone())).unwrap(), expected);
+    drop(others);
+}

@@ -50,12 +50,7 @@ impl Scheduler {
                 let Some(slot) = slot else { return };
                 self.on_hello(slot, worker);
             }
-            FromWorker::RefOps(ops) => {
-                for (id, d) in ops {
-                    self.own(slot, id, d as i64);
-                    self.add_ref(id, d as i64);
-                }
-            }
+            FromWorker::RefOps(ops) => self.on_ref_ops(slot, ops),
             FromWorker::Submit(spec) => self.submit(slot, spec),
             FromWorker::Put {
                 id,

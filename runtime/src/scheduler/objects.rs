@@ -51,6 +51,29 @@ pub(super) enum Waiting {
 }
 
 impl Scheduler {
+    /// Applies reference changes from a worker (or the driver), in order (rule 4 in
+    /// protocol.rs). A worker may drop only references it holds: a drop below what its
+    /// handles account for would free an object others still read, so it is a message the
+    /// worker has no right to send (scheduler rule 5), and the worker is killed.
+    pub(super) fn on_ref_ops(&mut self, slot: Option<u32>, ops: Vec<(Id, i32)>) {
+        for (id, d) in ops {
+            let d = i64::from(d);
+            if let Some(s) = slot {
+                let held = self
+                    .pool
+                    .workers
+                    .get(&s)
+                    .map_or(0, |w| w.held.get(&id).copied().unwrap_or(0));
+                if held + d < 0 {
+                    let why = format!("it dropped {} references to {id:x} but holds {held}", -d);
+                    return self.kill_worker(s, &why);
+                }
+            }
+            self.own(slot, id, d);
+            self.add_ref(id, d);
+        }
+    }
+
     /// Records that worker `slot` holds `d` more references to `id` (scheduler rule 3).
     pub(super) fn own(&mut self, slot: Option<u32>, id: Id, d: i64) {
         if let Some(w) = slot.and_then(|s| self.pool.workers.get_mut(&s)) {
