@@ -293,3 +293,100 @@ fn random_worker_kills_lose_and_leak_nothing() {
     assert!(!alive(fork_server));
     assert!(workers.iter().all(|&p| !alive(p)), "a worker survived");
 }
+
+/// An actor that counts its calls.
+pub struct Ledger(u64);
+
+#[rayfork::actor]
+impl Ledger {
+    /// Starts at `start`.
+    pub fn new(start: u64) -> Ledger {
+        Ledger(start)
+    }
+
+    /// Adds `n` and returns the total.
+    pub fn add(&mut self, n: u64) -> u64 {
+        self.0 += n;
+        self.0
+    }
+
+    /// This process's pid.
+    pub fn pid(&self) -> u32 {
+        std::process::id()
+    }
+}
+
+/// Hundreds of actors and plain tasks in flight while random actor processes are killed, then
+/// the fork server itself: every call and task still ends (a value, or a typed error that
+/// says why), nothing hangs, and no process is left.
+#[test]
+fn actors_and_a_fork_server_kill_end_in_typed_errors_and_leave_nothing() {
+    let soak = std::env::var("RAYFORK_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let _w = watchdog(
+        "actors_and_a_fork_server_kill",
+        soak.unwrap_or_default() + Duration::from_secs(300),
+    );
+    let end = Instant::now() + soak.unwrap_or_default();
+    let mut rng = SmallRng::seed_from_u64(7);
+    let mut rounds = 0;
+    while rounds == 0 || Instant::now() < end {
+        rounds += 1;
+        let rt = Runtime::builder().num_cpus(2).start().unwrap();
+        let actors: Vec<_> = (0..300).map(|_| Ledger::remote(0)).collect();
+        let pids: Vec<i32> = rt
+            .get_all(&actors.iter().map(|a| a.pid()).collect::<Vec<_>>())
+            .unwrap()
+            .into_iter()
+            .map(|p| p as i32)
+            .collect();
+        let fork_server = parent_of(pids[0]).unwrap();
+        let calls: Vec<_> = actors.iter().map(|a| a.add(1)).collect();
+        let tasks: Vec<_> = (0..500).map(|i| square::remote(i, 100)).collect();
+        for _ in 0..20 {
+            let victim = pids[rng.random_range(0..pids.len())];
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(victim),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(fork_server),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let typed = |e: &Error| {
+            matches!(
+                e,
+                Error::ActorDied { .. }
+                    | Error::RuntimeStopped { .. }
+                    | Error::WorkerCrashed { .. }
+            )
+        };
+        for c in &calls {
+            match rt.get(c) {
+                Ok(v) => assert_eq!(v, 1),
+                Err(e) => assert!(typed(&e), "an actor call ended with {e:?}"),
+            }
+        }
+        for (i, t) in tasks.iter().enumerate() {
+            match rt.get(t) {
+                Ok(v) => assert_eq!(v, (i * i) as u64),
+                Err(e) => assert!(typed(&e), "a task ended with {e:?}"),
+            }
+        }
+        assert!(matches!(
+            rt.get(&square::remote(3, 0)),
+            Err(Error::RuntimeStopped { .. })
+        ));
+        drop((calls, tasks, actors));
+        drop(rt);
+        assert!(
+            eventually(Duration::from_secs(60), || !alive(fork_server)
+                && pids.iter().all(|&p| !alive(p))),
+            "a process survived"
+        );
+    }
+}
