@@ -114,11 +114,10 @@ impl SharedFlags {
     fn word(&self, i: u64) -> &AtomicU64 {
         assert!(i < WORDS, "cancel flag index out of range");
         let offset = (HEADER_SIZE + i * 8) as usize;
-        // SAFETY: `offset` is in bounds and 8-byte aligned: the mapping is at least
-        // HEADER_SIZE + WORDS * 8 bytes (checked in `from_fd`, made so in `create`), page
-        // aligned, and `i < WORDS`. Its words are only ever accessed as atomics, by every
-        // process that maps them. The mapping lives as long as `self`, which the returned
-        // reference borrows.
+        // The mapping is page aligned and at least HEADER_SIZE + WORDS * 8 bytes (checked in
+        // `from_fd`, made so in `create`); every process accesses its words only as atomics.
+        // SAFETY: `offset` is in bounds and 8-byte aligned (`i < WORDS`), the word is
+        // atomic-only, and the mapping outlives the reference, which borrows `self`.
         unsafe { &*self.mem.base().as_ptr().add(offset).cast::<AtomicU64>() }
     }
 

@@ -236,6 +236,7 @@ impl Scheduler {
     pub(super) fn can_place(&self) -> bool {
         self.pool.idle().is_some()
             || self.pool.size() < self.cfg.worker_cap()
-            || self.pick_nested().is_some()
+            // Only a queued task can be nested: with none, no search of the blocked frames.
+            || (!self.queue.is_empty() && self.pick_nested().is_some())
     }
 }

@@ -243,12 +243,16 @@ impl Scheduler {
         Ok((d.offset, d.len))
     }
 
-    pub(super) fn seal(&mut self, slot: Option<u32>, id: Id, contained: Vec<Id>) {
-        let ok = self
-            .objects
+    /// True if `id` has store memory that `slot` (the driver for `None`) created and has not
+    /// sealed: only then may it seal or abort it (scheduler rule 5).
+    fn is_unsealed_of(&self, slot: Option<u32>, id: Id) -> bool {
+        self.objects
             .get(&id)
-            .is_some_and(|o| o.stored && !o.sealed && o.creator == slot);
-        if !ok {
+            .is_some_and(|o| o.stored && !o.sealed && o.creator == slot)
+    }
+
+    pub(super) fn seal(&mut self, slot: Option<u32>, id: Id, contained: Vec<Id>) {
+        if !self.is_unsealed_of(slot, id) {
             return self.bad(slot, "seal of an object it did not create");
         }
         if self.store.seal(ObjectId::from_u128(id)).is_err() {
@@ -275,11 +279,7 @@ impl Scheduler {
     }
 
     pub(super) fn abort(&mut self, slot: Option<u32>, id: Id) {
-        let ok = self
-            .objects
-            .get(&id)
-            .is_some_and(|o| o.stored && !o.sealed && o.creator == slot);
-        if !ok {
+        if !self.is_unsealed_of(slot, id) {
             return self.bad(slot, "abort of an object it did not create");
         }
         let _ = self.store.abort(ObjectId::from_u128(id));
