@@ -84,6 +84,11 @@ pub enum StoreError {
         /// Who created it.
         creator: ClientId,
     },
+    /// The call needs an object with a creator, and this one is shared (rules 2, 11).
+    #[error(
+        "object {0} is shared by its writers (not one creator's); write it through its descriptor"
+    )]
+    Shared(ObjectId),
     /// `release` by a client that holds no pin on the object (rule 5).
     #[error("{client} holds no pin on object {id}; release only what you got")]
     NotPinned {
@@ -124,7 +129,11 @@ impl EvictionHook for DropOnEvict {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
-    Unsealed { creator: ClientId },
+    Unsealed {
+        creator: ClientId,
+    },
+    /// Unsealed, its creator gone from it: shared by writers the runtime tracks (rule 11).
+    Shared,
     Sealed,
     Deleted,
 }
@@ -318,9 +327,13 @@ impl<A: Arena> Store<A> {
             if let Some(k) = obj.lru_key {
                 self.lru.remove(&k);
             }
-            if let State::Unsealed { creator } = obj.state {
-                self.unsealed -= 1;
-                self.forget_creating(creator, id);
+            match obj.state {
+                State::Unsealed { creator } => {
+                    self.unsealed -= 1;
+                    self.forget_creating(creator, id);
+                }
+                State::Shared => self.unsealed -= 1,
+                State::Sealed | State::Deleted => {}
             }
             self.alloc.free(obj.alloc);
         }
@@ -357,6 +370,7 @@ impl<A: Arena> Store<A> {
                     creator,
                 });
             }
+            State::Shared => return Err(StoreError::Shared(id)),
             State::Sealed => return Err(StoreError::AlreadySealed(id)),
             State::Deleted => return Err(StoreError::Deleted(id)),
         }
@@ -373,15 +387,17 @@ impl<A: Arena> Store<A> {
     pub fn seal(&mut self, id: ObjectId) -> Result<(), StoreError> {
         let obj = find(&mut self.objects, id)?;
         // Rule 3.
-        let State::Unsealed { creator } = obj.state else {
-            return Err(match obj.state {
-                State::Deleted => StoreError::Deleted(id),
-                _ => StoreError::AlreadySealed(id),
-            });
+        let creator = match obj.state {
+            State::Unsealed { creator } => Some(creator),
+            State::Shared => None,
+            State::Deleted => return Err(StoreError::Deleted(id)),
+            State::Sealed => return Err(StoreError::AlreadySealed(id)),
         };
         obj.state = State::Sealed;
         self.unsealed -= 1;
-        self.forget_creating(creator, id);
+        if let Some(creator) = creator {
+            self.forget_creating(creator, id);
+        }
         self.touch(id);
         Ok(())
     }
@@ -392,8 +408,8 @@ impl<A: Arena> Store<A> {
         let obj = find(&mut self.objects, id)?;
         match obj.state {
             State::Sealed => {}
-            State::Unsealed { .. } => return Err(StoreError::NotSealed(id)), // Rule 4.
-            State::Deleted => return Err(StoreError::Deleted(id)),           // Rule 6.
+            State::Unsealed { .. } | State::Shared => return Err(StoreError::NotSealed(id)), // Rule 4.
+            State::Deleted => return Err(StoreError::Deleted(id)), // Rule 6.
         }
         obj.pins += 1;
         let d = obj.descriptor();
@@ -457,7 +473,7 @@ impl<A: Arena> Store<A> {
         let obj = find(&mut self.objects, id)?;
         match obj.state {
             State::Sealed => {}
-            State::Unsealed { .. } => return Err(StoreError::NotSealed(id)),
+            State::Unsealed { .. } | State::Shared => return Err(StoreError::NotSealed(id)),
             State::Deleted => return Err(StoreError::Deleted(id)),
         }
         // Rule 6.
@@ -474,11 +490,34 @@ impl<A: Arena> Store<A> {
     pub fn abort(&mut self, id: ObjectId) -> Result<(), StoreError> {
         let obj = find(&mut self.objects, id)?;
         match obj.state {
-            State::Unsealed { .. } => {}
+            State::Unsealed { .. } | State::Shared => {}
             State::Sealed => return Err(StoreError::AlreadySealed(id)),
             State::Deleted => return Err(StoreError::Deleted(id)),
         }
         self.free_object(id);
+        Ok(())
+    }
+
+    /// Takes an unsealed object from its creator `client` and makes it shared (rule 11): no
+    /// client owns it any more, `client_gone` leaves it alone, and it ends by `seal` or
+    /// `abort` from whoever the caller allows.
+    pub fn share(&mut self, id: ObjectId, client: ClientId) -> Result<(), StoreError> {
+        let obj = find(&mut self.objects, id)?;
+        match obj.state {
+            State::Unsealed { creator } if creator == client => {}
+            State::Unsealed { creator } => {
+                return Err(StoreError::NotCreator {
+                    id,
+                    client,
+                    creator,
+                });
+            }
+            State::Shared => return Err(StoreError::Shared(id)),
+            State::Sealed => return Err(StoreError::AlreadySealed(id)),
+            State::Deleted => return Err(StoreError::Deleted(id)),
+        }
+        obj.state = State::Shared;
+        self.forget_creating(client, id);
         Ok(())
     }
 
@@ -506,7 +545,7 @@ impl<A: Arena> Store<A> {
         let obj = find(&mut self.objects, id)?;
         match obj.state {
             State::Sealed => {}
-            State::Unsealed { .. } => return Err(StoreError::NotSealed(id)),
+            State::Unsealed { .. } | State::Shared => return Err(StoreError::NotSealed(id)),
             State::Deleted => return Err(StoreError::Deleted(id)),
         }
         obj.evictable = true;
@@ -679,6 +718,38 @@ mod tests {
         s.release(i, B).unwrap();
         s.delete(i).unwrap();
         assert!(!s.contains(i));
+        assert_empty(&s);
+    }
+
+    // Rule 11.
+    #[test]
+    fn a_shared_object_outlives_its_creator_and_ends_by_seal_or_abort() {
+        let mut s = store(1 << 20);
+        let (i, j) = (id(1), id(2));
+        s.create(i, 100, A).unwrap();
+        s.create(j, 100, A).unwrap();
+        assert_eq!(
+            s.share(i, B),
+            Err(StoreError::NotCreator {
+                id: i,
+                client: B,
+                creator: A
+            })
+        );
+        s.share(i, A).unwrap();
+        s.share(j, A).unwrap();
+        assert_eq!(s.share(i, A), Err(StoreError::Shared(i)));
+        assert_eq!(s.write(i, A).map(|_| ()), Err(StoreError::Shared(i)));
+        // Its creator's death leaves it alone.
+        s.client_gone(A);
+        assert!(s.contains(i) && s.contains(j));
+        assert_eq!(s.stats().unsealed_objects, 2);
+        assert_eq!(s.get(i, B), Err(StoreError::NotSealed(i)));
+        s.seal(i).unwrap();
+        s.abort(j).unwrap();
+        s.get(i, B).unwrap();
+        s.release(i, B).unwrap();
+        s.delete(i).unwrap();
         assert_empty(&s);
     }
 

@@ -88,13 +88,13 @@ impl<T: Pod> fmt::Debug for Array<T> {
     }
 }
 
-fn view<T: Pod>(b: &BackendRef, d: Descriptor) -> Result<&[T]> {
+pub(crate) fn view<T: Pod>(b: &BackendRef, d: Descriptor) -> Result<&[T]> {
     let bytes = b.arena().bytes(d).map_err(|e| Error::View(e.to_string()))?;
     rayfork_plasma::cast_slice(bytes).map_err(|e| Error::View(e.to_string()))
 }
 
 impl<T: Pod> Array<T> {
-    fn from_parts(id: Id, desc: Descriptor, backend: BackendRef) -> Result<Self> {
+    pub(crate) fn from_parts(id: Id, desc: Descriptor, backend: BackendRef) -> Result<Self> {
         // Validate once, so `deref` is a plain slice.
         let v = view::<T>(&backend, desc)?;
         let (ptr, len) = (v.as_ptr().cast::<u8>(), v.len());
@@ -300,6 +300,15 @@ impl<T: Pod> ArrayMut<T> {
         self.backend.seal(self.id, Vec::new())?;
         self.live = false;
         Array::from_parts(self.id, self.desc, self.backend.clone())
+    }
+
+    /// Gives up the array without aborting it, with its reference: its id, place, runtime,
+    /// and validated view (for `into_window`).
+    pub(crate) fn into_shared_parts(
+        mut self,
+    ) -> Result<(Id, Descriptor, BackendRef, *mut u8, usize)> {
+        self.live = false;
+        Ok((self.id, self.desc, self.backend.clone(), self.ptr, self.len))
     }
 
     /// Seals, leaving the reference with the caller (for `put`).

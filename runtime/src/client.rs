@@ -56,6 +56,8 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
     fn seal(&self, id: Id, contained: Vec<Id>) -> Result<()>;
     /// Drops an unsealed object created with `create`.
     fn abort(&self, id: Id);
+    /// Shares an unsealed object created with `create` as windows (scheduler rule 12).
+    fn share(&self, id: Id) -> Result<()>;
     /// A reference count change (rule 4 in protocol.rs).
     fn ref_op(&self, id: Id, delta: i32);
     /// Yields an item of the running generator task (scheduler rule 10); blocks while
@@ -225,6 +227,7 @@ thread_local! {
     static DECODE_CTX: RefCell<Vec<BackendRef>> = const { RefCell::new(Vec::new()) };
     static COLLECT: RefCell<Vec<Vec<Id>>> = const { RefCell::new(Vec::new()) };
     static CURRENT: RefCell<Option<Weak<dyn Backend>>> = const { RefCell::new(None) };
+    static MOVING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
 /// Runs `f` with `b` as the runtime that decoded handles attach to.
@@ -268,6 +271,29 @@ pub(crate) fn mention(id: Id) {
             v.push(id)
         }
     });
+}
+
+/// Encodes, like [`encode_with_refs`], a value the caller gives up: a task's argument or its
+/// result. Only such an encode may carry a [`Window`](crate::Window) (window.rs), which leaves
+/// its process with it.
+pub(crate) fn encode_moved_with_refs<T: serde::Serialize + ?Sized>(
+    b: &BackendRef,
+    v: &T,
+) -> Result<(Vec<u8>, Vec<Id>)> {
+    struct Pop;
+    impl Drop for Pop {
+        fn drop(&mut self) {
+            MOVING.with(|m| m.set(m.get() - 1));
+        }
+    }
+    MOVING.with(|m| m.set(m.get() + 1));
+    let _pop = Pop;
+    encode_with_refs(b, v)
+}
+
+/// True while [`encode_moved_with_refs`] runs on this thread.
+pub(crate) fn moving() -> bool {
+    MOVING.with(|m| m.get() > 0)
 }
 
 /// Makes `b` the runtime that free functions (`rayfork::put`, `f::remote`) use in this thread.

@@ -154,6 +154,33 @@ pub enum Error {
     /// A call was given something it cannot work with (the message says what).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// The object holds a writable [`Window`](crate::Window) and was already taken: a window
+    /// is given out once (by one `get`, or as one task's argument), so that no two places
+    /// can write it at once.
+    #[error(
+        "object {id:032x} holds a writable window and was already taken by {taker}; a window \
+         is given out once: pass its ref to one task or get it once"
+    )]
+    WindowTaken {
+        /// The object.
+        id: u128,
+        /// Who took it: `the driver` or `task <name>`.
+        taker: String,
+    },
+    /// The task held a writable [`Window`](crate::Window) when its worker process died. What
+    /// it had written is unspecified (part of the window may be old, part new), so it is not
+    /// run again unless it was declared restartable (`options().restartable(true)`).
+    #[error(
+        "task {task} held a writable window when its worker died ({cause}); the window's \
+         contents are unspecified and the task was not retried (declare it \
+         `restartable(true)` if it can start over from any contents)"
+    )]
+    WindowLost {
+        /// The task's name.
+        task: String,
+        /// The signal name or exit code of the crash.
+        cause: String,
+    },
     /// The runtime's scheduler thread panicked: a bug in rayfork, not in a task (tasks run in
     /// worker processes). The runtime has stopped its workers and its fork server; every
     /// call that was waiting and every later call on it returns this error. Start a new

@@ -183,6 +183,7 @@ mod shared_flags;
 mod stats;
 mod task;
 mod timeline;
+mod window;
 mod worker_loop;
 
 /// Worker processes: [`main`](crate::worker::main) is the entry point of an external worker
@@ -205,6 +206,7 @@ pub use runtime::Runtime;
 pub use stats::RuntimeStats;
 pub use task::{IntoArg, TaskOptions, gpu_ids};
 pub use timeline::{FunctionSummary, TaskSummary};
+pub use window::{JoinError, Window};
 
 /// Items the `#[remote]` macro expands to. Not a public API.
 #[doc(hidden)]

@@ -88,6 +88,8 @@ pub(crate) struct TaskOpts {
     pub num_cpus: f64,
     pub max_retries: u32,
     pub retry_exceptions: bool,
+    /// May run again after a crash while it held a writable window (scheduler rule 12).
+    pub restartable: bool,
     /// GPUs held from start to finish (also while blocked in `get`).
     pub num_gpus: f64,
     /// Custom resources held from start to finish, by name (also while blocked in `get`).
@@ -278,6 +280,8 @@ pub(crate) enum FromWorker {
     Create { id: Id, size: u64 },
     /// Seal an object this worker created (one-way), with the ids its bytes mention.
     Seal { id: Id, contained: Vec<Id> },
+    /// Share an unsealed object this worker created as windows (one-way; scheduler rule 12).
+    Share { id: Id },
     /// Drop an unsealed object this worker created (one-way).
     Abort { id: Id },
     /// The task on top of the stack finished.

@@ -82,6 +82,10 @@ impl Backend for DriverBackend {
         let _ = self.one_way(FromWorker::Abort { id });
     }
 
+    fn share(&self, id: Id) -> Result<()> {
+        self.one_way(FromWorker::Share { id })
+    }
+
     fn ref_op(&self, id: Id, delta: i32) {
         let _ = self.one_way(FromWorker::RefOps(vec![(id, delta)]));
     }

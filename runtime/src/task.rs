@@ -33,6 +33,7 @@ impl Default for TaskOptions {
                 max_calls: 0,
                 retry_if_contains: Vec::new(),
                 streaming: None,
+                restartable: false,
             },
         }
     }
@@ -81,6 +82,17 @@ macro_rules! __task_option_setters {
             /// disables retries).
             pub fn max_retries(mut self, n: u32) -> Self {
                 self.opts.max_retries = n;
+                self
+            }
+
+            /// Declares that the task may run again after its worker died while it held a
+            /// writable [`Window`](crate::Window) (default `false`: such a task fails with
+            /// [`Error::WindowLost`](crate::Error::WindowLost), since what it wrote is
+            /// unspecified). Declare it only for a task that gives no window to another task
+            /// and computes its result from any contents of its windows; it is then retried
+            /// within `max_retries`.
+            pub fn restartable(mut self, yes: bool) -> Self {
+                self.opts.restartable = yes;
                 self
             }
 
@@ -242,7 +254,7 @@ pub struct ArgSpec(pub(crate) Arg);
 impl<T: Serialize> IntoArg<T> for T {
     fn into_arg(self, cx: &SubmitCx) -> Result<ArgSpec> {
         let b = &cx.b;
-        let (bytes, contained) = client::encode_with_refs(b, &self)?;
+        let (bytes, contained) = client::encode_moved_with_refs(b, &self)?;
         if bytes.len() <= b.inline_max() {
             return Ok(ArgSpec(Arg::Value { bytes, contained }));
         }
@@ -403,7 +415,7 @@ pub fn finish<T: Serialize>(_inv: &Invocation<'_>, value: T) -> Outcome {
         Ok(b) => b,
         Err(e) => return Outcome::Err(e),
     };
-    match client::encode_with_refs(&b, &value) {
+    match client::encode_moved_with_refs(&b, &value) {
         Ok((bytes, contained)) => Outcome::Ok {
             payload: Payload::Inline(bytes),
             contained,
@@ -421,7 +433,7 @@ pub type Part = Result<(Vec<u8>, Vec<Id>)>;
 #[doc(hidden)]
 pub fn encode_part<T: Serialize>(value: &T) -> Part {
     let b = client::current()?;
-    client::encode_with_refs(&b, value)
+    client::encode_moved_with_refs(&b, value)
 }
 
 /// Encodes the result of a `num_returns = N` task from its N encoded elements, or its error

@@ -518,6 +518,12 @@ impl Backend for WorkerBackend {
         let _ = self.send(FromWorker::Abort { id });
     }
 
+    fn share(&self, id: Id) -> Result<()> {
+        self.check_thread()?;
+        self.send(FromWorker::Share { id })
+            .map_err(|e| Error::os("send to scheduler", e))
+    }
+
     fn ref_op(&self, id: Id, delta: i32) {
         self.refs.push(id, delta);
     }

@@ -6,7 +6,7 @@ use crate::protocol::{ActorCall, Arg, Id, Payload, RunTask, ToWorker};
 use crate::{Error, timeline};
 
 use super::Scheduler;
-use super::objects::ObjState;
+use super::objects::{ObjState, Taker};
 use super::pool::Frame;
 use super::tasks::TaskState;
 
@@ -176,6 +176,28 @@ impl Scheduler {
     pub(super) fn run_message(&mut self, id: Id) -> Result<RunTask, Error> {
         let mut args = Vec::new();
         let mut failed = None;
+        let Some(t) = self.tasks.get(&id) else {
+            return Err(Error::Protocol(format!("task {id:x} is unknown")));
+        };
+        let taker = Taker {
+            task: Some(id),
+            attempt: t.attempts,
+        };
+        let refs: Vec<Id> = t
+            .spec
+            .args
+            .iter()
+            .filter_map(|a| match a {
+                Arg::Ref(r) => Some(*r),
+                Arg::Value { .. } => None,
+            })
+            .collect();
+        for r in refs {
+            // A read-once argument goes to this task only (scheduler rule 12).
+            if self.is_ready(r) && !self.is_failed(r) {
+                self.take(r, taker, true)?;
+            }
+        }
         let Some(t) = self.tasks.get(&id) else {
             return Err(Error::Protocol(format!("task {id:x} is unknown")));
         };

@@ -63,6 +63,7 @@ impl Scheduler {
                 self.reply(&k, ToWorker::Created(r));
             }
             FromWorker::Seal { id, contained } => self.seal(slot, id, contained),
+            FromWorker::Share { id } => self.share(slot, id),
             FromWorker::Abort { id } => self.abort(slot, id),
             FromWorker::Get { ids, timeout_ms } => {
                 let Some(k) = client.awaiting() else { return };

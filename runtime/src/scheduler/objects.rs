@@ -21,12 +21,44 @@ pub(super) struct Object {
     pub(super) state: ObjState,
     /// Ids this object's bytes mention; each holds a ref (scheduler rule 3).
     pub(super) contained: Vec<Id>,
-    /// The object has store memory (sealed or not).
-    pub(super) stored: bool,
-    pub(super) sealed: bool,
-    /// The worker that created its store memory and has not sealed it yet.
-    pub(super) creator: Option<u32>,
+    /// Its store memory, if it has some.
+    pub(super) mem: Mem,
+    /// Who may read its value (scheduler rule 12).
+    pub(super) reads: Reads,
     pub(super) waiters: Vec<Waiting>,
+}
+
+/// An object's store memory.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Mem {
+    /// None: its value is inline (or not written yet).
+    None,
+    /// Being written by the process that created it (a worker slot; `None` is the driver):
+    /// only it may seal or abort it (scheduler rule 5).
+    Unsealed { creator: Option<u32> },
+    /// Unsealed and shared as windows (window.rs): each holder writes only its own window;
+    /// any process that holds a reference may seal it; freed when the last reference goes
+    /// (scheduler rule 12).
+    Windows,
+    /// Sealed: immutable.
+    Sealed,
+}
+
+/// Who may read an object's value (scheduler rule 12).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Reads {
+    /// Anyone, any number of times.
+    Many,
+    /// Its value holds a writable window: it is given out once.
+    Once { taken: Option<Taker> },
+}
+
+/// Who took a read-once object: a task (as an argument or by `get`, in an attempt), or the
+/// driver (`None`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) struct Taker {
+    pub(super) task: Option<Id>,
+    pub(super) attempt: u32,
 }
 
 impl Object {
@@ -36,9 +68,8 @@ impl Object {
             refs: 1,
             state: ObjState::Pending,
             contained: Vec::new(),
-            stored: false,
-            sealed: false,
-            creator: None,
+            mem: Mem::None,
+            reads: Reads::Many,
             waiters: Vec::new(),
         }
     }
@@ -116,8 +147,8 @@ impl Scheduler {
                     self.add_ref(item, -1);
                 }
             }
-            if o.stored {
-                self.release_memory(id, o.sealed);
+            if o.mem != Mem::None {
+                self.release_memory(id, o.mem == Mem::Sealed);
             }
             for c in o.contained {
                 if let Some(co) = self.objects.get_mut(&c) {
@@ -189,8 +220,8 @@ impl Scheduler {
             id,
             Object {
                 state: ObjState::Ready(Payload::Inline(bytes)),
+                reads: self.reads_of(&contained),
                 contained,
-                sealed: true,
                 ..Object::pending()
             },
         );
@@ -211,15 +242,14 @@ impl Scheduler {
                 .tasks
                 .get(&self.task_of_return(id))
                 .is_some_and(|t| slot.is_some() && t.state.worker() == slot);
-            if !(runs_it && matches!(o.state, ObjState::Pending) && !o.stored) {
+            if !(runs_it && matches!(o.state, ObjState::Pending) && o.mem == Mem::None) {
                 return Err(Error::Protocol(format!(
                     "create of an existing object {id:x}"
                 )));
             }
             let d = self.store.create(oid, size, client)?;
             let o = self.objects.get_mut(&id).expect("checked above");
-            o.stored = true;
-            o.creator = slot;
+            o.mem = Mem::Unsealed { creator: slot };
             return Ok((d.offset, d.len));
         }
         // A result of a task this worker runs whose refs were all dropped before it started:
@@ -230,8 +260,7 @@ impl Scheduler {
             .is_some_and(|t| slot.is_some() && t.state.worker() == slot);
         let d = self.store.create(oid, size, client)?;
         let created = Object {
-            stored: true,
-            creator: slot,
+            mem: Mem::Unsealed { creator: slot },
             ..Object::pending()
         };
         if orphan {
@@ -244,15 +273,111 @@ impl Scheduler {
     }
 
     /// True if `id` has store memory that `slot` (the driver for `None`) created and has not
-    /// sealed: only then may it seal or abort it (scheduler rule 5).
+    /// sealed: only then may it abort it, or share it as windows (scheduler rule 5).
     fn is_unsealed_of(&self, slot: Option<u32>, id: Id) -> bool {
         self.objects
             .get(&id)
-            .is_some_and(|o| o.stored && !o.sealed && o.creator == slot)
+            .is_some_and(|o| o.mem == Mem::Unsealed { creator: slot })
+    }
+
+    /// True if `slot` may seal `id`: it created it, or `id` is shared as windows and `slot`
+    /// holds a reference to it (scheduler rules 5, 12).
+    fn may_seal(&self, slot: Option<u32>, id: Id) -> bool {
+        let windows = self.objects.get(&id).is_some_and(|o| o.mem == Mem::Windows);
+        self.is_unsealed_of(slot, id) || (windows && self.holds(slot, id))
+    }
+
+    /// True if `slot` holds a reference to `id` (the driver is trusted: always).
+    fn holds(&self, slot: Option<u32>, id: Id) -> bool {
+        slot.is_none_or(|s| {
+            self.pool
+                .workers
+                .get(&s)
+                .is_some_and(|w| w.held.get(&id).is_some_and(|&n| n > 0))
+        })
+    }
+
+    /// Makes an unsealed object `slot` created shared as windows (scheduler rule 12): from
+    /// now on it lives while anyone holds a reference, whoever made it.
+    pub(super) fn share(&mut self, slot: Option<u32>, id: Id) {
+        if !self.is_unsealed_of(slot, id) || self.tasks.contains_key(&self.task_of_return(id)) {
+            return self.bad(slot, "share of an object it did not create");
+        }
+        let client = ClientId(slot.unwrap_or(0));
+        if self.store.share(ObjectId::from_u128(id), client).is_err() {
+            return self.bad(slot, "share refused by the store");
+        }
+        if let Some(o) = self.objects.get_mut(&id) {
+            o.mem = Mem::Windows;
+        }
+    }
+
+    /// How an object whose bytes mention `contained` may be read: once if it holds a window
+    /// (it mentions an object shared as windows), else freely (scheduler rule 12).
+    pub(super) fn reads_of(&self, contained: &[Id]) -> Reads {
+        let window = contained
+            .iter()
+            .any(|c| self.objects.get(c).is_some_and(|o| o.mem == Mem::Windows));
+        if window {
+            Reads::Once { taken: None }
+        } else {
+            Reads::Many
+        }
+    }
+
+    /// True if `id` is (or its value holds) a writable window (scheduler rule 12).
+    pub(super) fn is_window(&self, id: Id) -> bool {
+        self.objects
+            .get(&id)
+            .is_some_and(|o| o.mem == Mem::Windows || o.reads != Reads::Many)
+    }
+
+    /// Gives the value of `id` to `taker` if its reads allow (scheduler rule 12): a read-once
+    /// object goes to one taker; the same task may take it again as an argument (`as_arg`: it
+    /// is re-sent when the task is re-dispatched) or by `get` in a later attempt.
+    pub(super) fn take(&mut self, id: Id, taker: Taker, as_arg: bool) -> Result<(), Error> {
+        let Some(o) = self.objects.get_mut(&id) else {
+            return Ok(());
+        };
+        let Reads::Once { taken } = &mut o.reads else {
+            return Ok(());
+        };
+        match *taken {
+            Some(t)
+                if !(t.task.is_some()
+                    && t.task == taker.task
+                    && (as_arg || t.attempt < taker.attempt)) =>
+            {
+                let taker = match t.task.and_then(|task| self.tasks.get(&task)) {
+                    Some(task) => format!("task {}", task.name),
+                    None if t.task.is_some() => "a task that has ended".to_string(),
+                    None => "the driver".to_string(),
+                };
+                return Err(Error::WindowTaken { id, taker });
+            }
+            _ => *taken = Some(taker),
+        }
+        if let Some(t) = taker.task.and_then(|task| self.tasks.get_mut(&task)) {
+            t.holds_window = true;
+        }
+        Ok(())
+    }
+
+    /// Who a request of `slot` takes for: the task on top of its stack in its current attempt,
+    /// or the driver.
+    pub(super) fn taker_of(&self, slot: Option<u32>) -> Taker {
+        let task = slot
+            .and_then(|s| self.pool.workers.get(&s))
+            .and_then(|w| w.stack.last())
+            .map(|f| f.task);
+        let attempt = task
+            .and_then(|t| self.tasks.get(&t))
+            .map_or(0, |t| t.attempts);
+        Taker { task, attempt }
     }
 
     pub(super) fn seal(&mut self, slot: Option<u32>, id: Id, contained: Vec<Id>) {
-        if !self.is_unsealed_of(slot, id) {
+        if !self.may_seal(slot, id) {
             return self.bad(slot, "seal of an object it did not create");
         }
         if self.store.seal(ObjectId::from_u128(id)).is_err() {
@@ -263,9 +388,10 @@ impl Scheduler {
         }
         let d = self.store.descriptor(ObjectId::from_u128(id));
         let is_task_result = self.tasks.contains_key(&self.task_of_return(id));
+        let reads = self.reads_of(&contained);
         let o = self.objects.get_mut(&id).expect("checked above");
-        o.sealed = true;
-        o.creator = None;
+        o.mem = Mem::Sealed;
+        o.reads = reads;
         o.contained = contained;
         if !is_task_result {
             if let Some(d) = d {
@@ -285,8 +411,7 @@ impl Scheduler {
         let _ = self.store.abort(ObjectId::from_u128(id));
         if self.tasks.contains_key(&self.task_of_return(id)) {
             if let Some(o) = self.objects.get_mut(&id) {
-                o.stored = false;
-                o.creator = None;
+                o.mem = Mem::None;
             }
         } else {
             self.own(slot, id, -1);

@@ -6,7 +6,7 @@ use std::collections::BinaryHeap;
 use std::time::{Duration, Instant};
 
 use crate::Error;
-use crate::protocol::{Id, ToWorker};
+use crate::protocol::{Id, Resolved, ToWorker};
 
 use super::Scheduler;
 use super::messages::Requester;
@@ -205,7 +205,18 @@ impl Scheduler {
         kind: &RequestKind,
         timed_out: Option<u64>,
     ) -> ToWorker {
-        let answer = self.answer(ids, kind, timed_out);
+        let mut answer = self.answer(ids, kind, timed_out);
+        if let ToWorker::GetReply(Ok(values)) = &mut answer {
+            // Read-once values go to their first taker only (scheduler rule 12).
+            let taker = self.taker_of(client.slot());
+            for (&id, value) in ids.iter().zip(values.iter_mut()) {
+                if matches!(value, Resolved::Value(_)) {
+                    if let Err(e) = self.take(id, taker, false) {
+                        *value = Resolved::Error(e);
+                    }
+                }
+            }
+        }
         if let (RequestKind::Next { index }, ToWorker::NextItemReply(Ok(Some(item)))) =
             (kind, &answer)
         {

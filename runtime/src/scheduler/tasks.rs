@@ -7,7 +7,7 @@ use crate::protocol::{ActorCall, Arg, Id, Outcome, Payload, ReturnValue, TaskOpt
 use crate::{Error, timeline};
 
 use super::Scheduler;
-use super::objects::{ObjState, Object, Waiting};
+use super::objects::{Mem, ObjState, Object, Waiting};
 use super::streams::Stream;
 
 /// Where an unfinished task stands. A finished, failed or cancelled task leaves the table.
@@ -65,6 +65,10 @@ pub(super) struct Task {
     pub(super) attempts: u32,
     /// The task on whose frame it was submitted, for a recursive cancel.
     pub(super) parent: Option<Id>,
+    /// It was given a writable window: as an argument, or by a `get` (scheduler rule 12).
+    pub(super) holds_window: bool,
+    /// A task it submitted was given a window (scheduler rule 12): it is never run again.
+    pub(super) gave_window: bool,
 }
 
 impl Task {
@@ -80,6 +84,8 @@ impl Task {
             state,
             attempts: 0,
             parent,
+            holds_window: false,
+            gave_window: false,
         }
     }
 
@@ -113,6 +119,9 @@ pub(super) enum AfterLoss {
     Retry,
     /// A crash with no attempt left (or a generator): `WorkerCrashed`.
     Fail,
+    /// A crash (or a kill) while it held a writable window, and it may not run again:
+    /// `WindowLost` (scheduler rule 12).
+    WindowLost,
 }
 
 impl Scheduler {
@@ -137,9 +146,22 @@ impl Scheduler {
             .and_then(|w| w.stack.last())
             .map(|f| f.task);
         let name = spec.opts.name.as_deref().unwrap_or(&spec.func);
-        if let Some(err) = self.res.never_fits(name, &spec.opts) {
+        let holds_window = spec.arg_ids().any(|c| self.is_window(c));
+        let mut never = self.res.never_fits(name, &spec.opts);
+        if holds_window && matches!(spec.actor, Some(ActorCall::Create { .. })) {
+            never = Some(Error::InvalidArgument(format!(
+                "actor {name} was given a writable window: an actor's constructor may run again \
+                 (restarts), so it cannot hold one; pass windows to its methods or to tasks"
+            )));
+        }
+        if let Some(err) = never {
             self.tasks.insert(id, Task::new(spec, parent, 0));
             return self.finish_task(id, Err(err));
+        }
+        if holds_window {
+            if let Some(p) = parent.and_then(|p| self.tasks.get_mut(&p)) {
+                p.gave_window = true;
+            }
         }
         let mut missing = 0;
         for a in &spec.args {
@@ -171,7 +193,9 @@ impl Scheduler {
                 },
             );
         }
-        self.tasks.insert(id, Task::new(spec, parent, missing));
+        let mut task = Task::new(spec, parent, missing);
+        task.holds_window = holds_window;
+        self.tasks.insert(id, task);
         if let Some(call) = actor {
             return self.actor_submitted(slot, id, call);
         }
@@ -187,6 +211,8 @@ impl Scheduler {
         };
         if t.state.is_cancel_requested() {
             AfterLoss::Cancelled
+        } else if t.holds_window && (t.gave_window || !t.spec.opts.restartable) {
+            AfterLoss::WindowLost
         } else if self.cancel.killed.contains(&slot) {
             AfterLoss::Resubmit
         } else if t.may_retry() {
@@ -217,6 +243,13 @@ impl Scheduler {
                 }
                 self.reset_returns(task);
                 self.queue.push_front(task);
+            }
+            AfterLoss::WindowLost => {
+                let err = Error::WindowLost {
+                    task: t.name.clone(),
+                    cause: crash.to_string(),
+                };
+                self.finish_task(task, Err(err));
             }
             AfterLoss::Fail => {
                 let err = Error::WorkerCrashed {
@@ -291,6 +324,10 @@ impl Scheduler {
 
     /// Stores the value (or error) of one return object and wakes whoever waits for it.
     pub(super) fn resolve_return(&mut self, id: Id, result: Result<ReturnValue, Error>) {
+        let reads = match &result {
+            Ok(value) => self.reads_of(&value.contained),
+            Err(_) => super::objects::Reads::Many,
+        };
         let Some(o) = self.objects.get_mut(&id) else {
             // Nobody holds the result: drop what it mentions.
             if let Ok(value) = result {
@@ -304,13 +341,13 @@ impl Scheduler {
             Ok(value) => {
                 o.state = ObjState::Ready(value.payload);
                 o.contained = value.contained;
+                o.reads = reads;
             }
             Err(e) => {
                 o.state = ObjState::Failed(e);
-                if o.stored {
-                    let sealed = o.sealed;
-                    o.stored = false;
-                    self.release_memory(id, sealed);
+                let mem = std::mem::replace(&mut o.mem, Mem::None);
+                if mem != Mem::None {
+                    self.release_memory(id, mem == Mem::Sealed);
                 }
             }
         }
@@ -451,7 +488,7 @@ impl Scheduler {
         ids.zip(values)
             .map(|(id, value)| match value.payload {
                 Payload::Stored { .. } => {
-                    let sealed = self.objects.get(&id).is_some_and(|o| o.stored && o.sealed);
+                    let sealed = self.objects.get(&id).is_some_and(|o| o.mem == Mem::Sealed);
                     match self.store.descriptor(ObjectId::from_u128(id)) {
                         Some(d) if sealed => Ok(ReturnValue {
                             payload: Payload::Stored {
@@ -506,14 +543,10 @@ impl Scheduler {
             let Some(o) = self.objects.get_mut(&id) else {
                 continue;
             };
-            if !o.stored {
-                continue;
+            let mem = std::mem::replace(&mut o.mem, Mem::None);
+            if mem != Mem::None {
+                self.release_memory(id, mem == Mem::Sealed);
             }
-            let sealed = o.sealed;
-            o.stored = false;
-            o.sealed = false;
-            o.creator = None;
-            self.release_memory(id, sealed);
         }
     }
 }
