@@ -119,3 +119,114 @@ fn a_worker_reads_the_drivers_bytes_in_place() {
     drop((a, b, c));
     assert_eq!(rt.stats().unwrap().store.used, 0);
 }
+
+/// Polls until cancelled (a task that stays blocked on it until the test ends it).
+#[remote]
+fn gate() {
+    while !rayfork::is_cancelled() {
+        std::thread::park_timeout(Duration::from_millis(5));
+    }
+}
+
+/// Drops its input, then waits for `gate` (which only a cancel ends).
+#[remote]
+fn drop_then_wait(data: Array<u64>, gate: rayfork::ObjectRef<()>) -> rayfork::Result<()> {
+    drop(data);
+    rayfork::get(&gate)
+}
+
+#[test]
+fn a_task_with_no_retry_frees_its_input_when_it_drops_it() {
+    let _w = watchdog("a_task_with_no_retry_frees_its_input", LIMIT);
+    let rt = Runtime::builder().num_cpus(2).start().unwrap();
+    let g = gate::remote();
+    let data = rt.put_array(&vec![7u64; 1 << 20]).unwrap();
+    // The driver's handle moves into the call; with no retry, so does the task's reference
+    // (scheduler rule 13): its own drop frees the array while it still runs.
+    let r = drop_then_wait::options()
+        .max_retries(0)
+        .remote(data, g.clone());
+    assert!(
+        rayfork_tests::eventually(LIMIT, || rt.stats().unwrap().store.used == 0),
+        "the input outlived the task's drop: {:?}",
+        rt.stats().unwrap()
+    );
+    assert_eq!(rt.stats().unwrap().tasks, 2);
+    rayfork::cancel(&g).unwrap();
+    assert!(rt.get(&r).is_err());
+    drop((g, r));
+    assert!(rayfork_tests::eventually(LIMIT, || {
+        let s = rt.stats().unwrap();
+        (s.store.used, s.objects, s.tasks) == (0, 0, 0)
+    }));
+}
+
+#[test]
+fn every_sort_variant_sorts_every_kind_of_input() {
+    let _w = watchdog("every_sort_variant_sorts_every_kind_of_input", LIMIT);
+    let rt = Runtime::builder()
+        .num_cpus(2)
+        .store_capacity(1 << 30)
+        .start()
+        .unwrap();
+    let n = 300_000;
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(5);
+    use rand::{Rng, SeedableRng};
+    let inputs: Vec<(&str, Vec<i64>)> = vec![
+        ("random seed range", sort_tasks::random_ints(n, 9)),
+        ("random full range", (0..n).map(|_| rng.random()).collect()),
+        ("sorted", (0..n as i64).collect()),
+        ("reversed", (0..n as i64).rev().collect()),
+        ("all equal", vec![-3; n]),
+        (
+            "few distinct",
+            (0..n).map(|_| rng.random_range(-2..=2)).collect(),
+        ),
+        (
+            "extremes and negatives",
+            (0..n)
+                .map(|i| [i64::MIN, i64::MAX, -1, 0, i64::MIN + 1][i % 5])
+                .collect(),
+        ),
+    ];
+    for (name, input) in &inputs {
+        let mut want = input.clone();
+        want.sort_unstable();
+        let leaf = 1 << 14;
+        // The in-place nested quicksort on a window.
+        let w = ArrayMut::from_slice(input).unwrap().into_window().unwrap();
+        let got = rt
+            .get(&sort_tasks::quick_sort_in_place::remote(w, leaf))
+            .unwrap()
+            .seal()
+            .unwrap();
+        assert!(got[..] == want[..], "in-place: {name}");
+        // The same recursion in one process, and the radix leaf alone.
+        let mut v = input.clone();
+        sort_tasks::quick_sort_in_place_seq(&mut v, leaf);
+        assert!(v == want, "in-place, one process: {name}");
+        let mut v = input.clone();
+        sort_tasks::radix_sort(&mut v);
+        assert!(v == want, "radix: {name}");
+        // The radix sort tasks, with 1, 2 and 3 chunks.
+        for tasks in 1..=3 {
+            let m = ArrayMut::from_slice(input).unwrap();
+            let got = sort_tasks::radix_sort_tasks(m, tasks).unwrap();
+            assert!(got[..] == want[..], "radix tasks ({tasks}): {name}");
+        }
+        // The seed algorithm (copying), with no retry: its inputs go as it partitions them.
+        let data = rt.put_array(input).unwrap();
+        let got = rt
+            .get(
+                &sort_tasks::quick_sort::options()
+                    .max_retries(0)
+                    .remote(data),
+            )
+            .unwrap();
+        assert!(got[..] == want[..], "seed: {name}");
+    }
+    assert!(rayfork_tests::eventually(LIMIT, || {
+        let s = rt.stats().unwrap();
+        (s.store.used, s.objects, s.tasks) == (0, 0, 0)
+    }));
+}

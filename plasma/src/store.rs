@@ -44,6 +44,8 @@ pub struct Stats {
     pub pinned_objects: u64,
     /// Objects created and not yet sealed or aborted.
     pub unsealed_objects: u64,
+    /// The most bytes `used` has been since the store began, or since [`Store::reset_peak`].
+    pub peak_used: u64,
 }
 
 /// What went wrong in a store call. Each message says what happened and what to do.
@@ -187,6 +189,8 @@ pub struct Store<A: Arena> {
     pinned: u64,
     unsealed: u64,
     evictions: u64,
+    /// The largest `used` since the start or the last `reset_peak`.
+    peak_used: u64,
     hook: Box<dyn EvictionHook>,
 }
 
@@ -216,6 +220,7 @@ impl<A: Arena> Store<A> {
             pinned: 0,
             unsealed: 0,
             evictions: 0,
+            peak_used: 0,
             hook: Box::new(DropOnEvict),
         }
     }
@@ -248,6 +253,7 @@ impl<A: Arena> Store<A> {
             });
         }
         let alloc = self.alloc_evicting(size)?;
+        self.peak_used = self.peak_used.max(self.alloc.used());
         let obj = Object {
             alloc,
             len: size,
@@ -585,7 +591,13 @@ impl<A: Arena> Store<A> {
             live_objects: self.objects.len() as u64,
             pinned_objects: self.pinned,
             unsealed_objects: self.unsealed,
+            peak_used: self.peak_used,
         }
+    }
+
+    /// Starts a new peak: `peak_used` becomes the bytes used now.
+    pub fn reset_peak(&mut self) {
+        self.peak_used = self.alloc.used();
     }
 
     /// Objects evicted so far (rule 8).

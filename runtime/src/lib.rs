@@ -39,6 +39,65 @@
 //! `&[T]` in every process and passes to tasks by id. [`ArrayMut<T>`] is an unsealed one that
 //! the driver or a task fills in place and seals.
 //!
+//! # Windows: sorting in place across processes
+//! [`ArrayMut::into_window`] turns an unsealed array into a [`Window<T>`]: exclusive write
+//! access to a range of it. Split a window ([`Window::split_at`]), move the parts into tasks
+//! (each writes its part in place, in its own process), take them back from the tasks'
+//! results, [`join`](Window::join) them and [`seal`](Window::seal) the whole: no element is
+//! copied. The rules that keep a window the only writer of its range:
+//!
+//! - a window is not `Clone`; splitting and joining consume what they are given;
+//! - it leaves a process only by being moved: as an argument given by value, or in a task's
+//!   result (`put` and other serializers refuse it);
+//! - an object whose value holds a window is given out once: a second `get` (or a second
+//!   task given the ref) gets [`Error::WindowTaken`];
+//! - a task that dies while it holds a window is not retried (its ref gets
+//!   [`Error::WindowLost`]; what it wrote is unspecified) unless declared
+//!   [`restartable`](TaskOptions::restartable); the window is lost, so the array can no longer
+//!   be sealed, and its memory is freed when the last window goes.
+//!
+//! ```no_run
+//! use rayfork::{ArrayMut, Window};
+//!
+//! /// Sorts a window in place: partition, two nested tasks, join. Nothing is copied.
+//! #[rayfork::remote]
+//! fn sort(mut w: Window<i64>) -> rayfork::Result<Window<i64>> {
+//!     if w.len() <= 100_000 {
+//!         w.sort_unstable();
+//!         return Ok(w);
+//!     }
+//!     // [< pivot | == pivot | > pivot]: the middle is in place, both sides are shorter.
+//!     let pivot = w[w.len() / 2];
+//!     let mut lt = 0;
+//!     for i in 0..w.len() {
+//!         if w[i] < pivot {
+//!             w.swap(i, lt);
+//!             lt += 1;
+//!         }
+//!     }
+//!     let mut eq = lt;
+//!     for i in lt..w.len() {
+//!         if w[i] == pivot {
+//!             w.swap(i, eq);
+//!             eq += 1;
+//!         }
+//!     }
+//!     let (left, rest) = w.split_at(lt);
+//!     let (mid, right) = rest.split_at(eq - lt);
+//!     let (l, r) = (sort::remote(left), sort::remote(right));
+//!     let (l, r) = (rayfork::get(&l)?, rayfork::get(&r)?);
+//!     l.join(mid).and_then(|w| w.join(r)).map_err(|e| e.to_error())
+//! }
+//!
+//! fn main() -> rayfork::Result<()> {
+//!     let rt = rayfork::Runtime::builder().start()?;
+//!     let keys = ArrayMut::from_fn(1_000_000, |i| (i as i64 * 7919) % 1_000_003)?;
+//!     let sorted = rt.get(&sort::remote(keys.into_window()?))?.seal()?;
+//!     assert!(sorted.windows(2).all(|p| p[0] <= p[1]));
+//!     Ok(())
+//! }
+//! ```
+//!
 //! # Nested tasks
 //! A task may submit tasks and `get` their results. While it waits, its CPU goes back to the
 //! scheduler, which runs queued tasks on idle workers, forks more workers (up to
@@ -124,6 +183,9 @@
 //! [`Error::WorkerCrashed`] with the signal or exit code. Application errors (`Err` or a panic)
 //! are retried only with [`TaskOptions::retry_exceptions`] (all of them) or
 //! [`TaskOptions::retry_exceptions_matching`] (those whose message contains a pattern).
+//! A retry needs the task's arguments, so they are kept until the task ends; on its last
+//! attempt (with `max_retries(0)`, on the first) the task holds them only through its own
+//! handles, and dropping an argument (say an `Array` it has consumed) frees it at once.
 //!
 //! # Cancellation
 //! [`cancel`] (or [`Runtime::cancel`] with a [`CancelMode`]) stops a task at the OS level. A

@@ -16,6 +16,24 @@ pub struct Invocation<'a> {
     pub name: &'a str,
     /// The task's id (its return object's id).
     pub task: Id,
+    /// Argument ids whose references were moved to this worker (scheduler rule 13), dropped
+    /// once the last argument is decoded (`decode_arg`), or after the call at the latest.
+    pub moved: std::rc::Rc<std::cell::RefCell<Vec<Id>>>,
+}
+
+impl Invocation<'_> {
+    /// Drops the moved argument references (once).
+    pub fn release_moved(&self) {
+        let moved = std::mem::take(&mut *self.moved.borrow_mut());
+        if moved.is_empty() {
+            return;
+        }
+        if let Ok(b) = crate::client::current() {
+            for id in moved {
+                b.ref_op(id, -1);
+            }
+        }
+    }
 }
 
 /// One registered remote function.

@@ -159,6 +159,9 @@ impl Runtime {
         let arena = Arc::new(
             ShmArena::create(cfg.store_capacity).map_err(|e| Error::os("object store", e))?,
         );
+        if cfg.populate {
+            arena.populate().map_err(|e| Error::os("object store", e))?;
+        }
         // Each runtime of the process names its objects in its own id space (`IdGen`).
         static NEXT_RUNTIME: AtomicU32 = AtomicU32::new(1);
         let runtime = NEXT_RUNTIME.fetch_add(1, Ordering::Relaxed);
@@ -297,8 +300,27 @@ impl Runtime {
 
     /// A snapshot of the runtime's counters: store accounting, objects, tasks, workers.
     pub fn stats(&self) -> Result<RuntimeStats> {
-        let (tx, rx) = channel();
-        self.backend.send(Event::Stats(tx))?;
+        self.stats_with(false)
+    }
+
+    /// [`stats`](Self::stats), then starts the peaks (`store.peak_used`, `peak_workers`)
+    /// again from the current values: call it before a piece of work, and again after it, to
+    /// get that work's peaks.
+    ///
+    /// ```no_run
+    /// # let rt = rayfork::Runtime::builder().start()?;
+    /// rt.take_peaks()?;
+    /// let a = rt.put_array(&vec![0u64; 1 << 20])?;
+    /// assert!(rt.take_peaks()?.store.peak_used >= 8 << 20);
+    /// # Ok::<(), rayfork::Error>(())
+    /// ```
+    pub fn take_peaks(&self) -> Result<RuntimeStats> {
+        self.stats_with(true)
+    }
+
+    fn stats_with(&self, reset_peaks: bool) -> Result<RuntimeStats> {
+        let (reply, rx) = channel();
+        self.backend.send(Event::Stats { reply, reset_peaks })?;
         rx.recv().map_err(|_| self.backend.health.gone())
     }
 

@@ -392,7 +392,12 @@ pub fn decode_arg<T: DeserializeOwned>(inv: &Invocation<'_>, i: usize) -> Result
         .args
         .get(i)
         .ok_or_else(|| Error::Protocol(format!("task {} got too few arguments", inv.name)))?;
-    codec::decode_value(bytes)
+    let value = codec::decode_value(bytes);
+    if i + 1 == inv.args.len() {
+        // Every argument is decoded: the task's handles now hold what it needs.
+        inv.release_moved();
+    }
+    value
 }
 
 /// Checks the argument count of a call (in the worker).

@@ -298,12 +298,13 @@ impl WorkerBackend {
             args,
             extra,
             gpus,
+            moved,
         } = run;
         // This frame's place on the stack, as the scheduler counts it (scheduler rule 9).
         let depth = self.depth.fetch_add(1, Ordering::Relaxed);
         let outer = self.tag.swap(shared_flags::tag(task), Ordering::Relaxed);
         let outer_gpus = self.enter_gpus(gpus);
-        let outcome = self.invoke(task, &func, &name, &args);
+        let outcome = self.invoke(task, &func, &name, &args, moved);
         self.enter_gpus(outer_gpus);
         self.tag.store(outer, Ordering::Relaxed);
         self.depth.store(depth, Ordering::Relaxed);
@@ -312,28 +313,53 @@ impl WorkerBackend {
         self.send(FromWorker::Done { task, outcome })
     }
 
-    fn invoke(&self, task: Id, func: &str, name: &str, args: &[Payload]) -> Outcome {
+    fn invoke(
+        &self,
+        task: Id,
+        func: &str,
+        name: &str,
+        args: &[Payload],
+        moved: Vec<Id>,
+    ) -> Outcome {
+        // Moved references are dropped however the call ends (scheduler rule 13).
+        let release = |moved: Vec<Id>| {
+            for id in moved {
+                self.ref_op(id, -1);
+            }
+        };
+        let moved = std::rc::Rc::new(std::cell::RefCell::new(moved));
+        let release = || release(std::mem::take(&mut *moved.borrow_mut()));
         let Some(f) = registry::lookup(func) else {
+            release();
             return Outcome::Err(Error::UnknownFunction { name: func.into() });
         };
         let mut views = Vec::with_capacity(args.len());
         for a in args {
             match client::payload_bytes(&self.arena, a) {
                 Ok(b) => views.push(b),
-                Err(e) => return Outcome::Err(e),
+                Err(e) => {
+                    release();
+                    return Outcome::Err(e);
+                }
             }
         }
         let inv = registry::Invocation {
             args: views,
             name,
             task,
+            moved: moved.clone(),
         };
         let me: BackendRef = match client::process_backend() {
             Some(b) => b.clone(),
-            None => return Outcome::Err(Error::NoRuntime),
+            None => {
+                release();
+                return Outcome::Err(Error::NoRuntime);
+            }
         };
         let call = || client::with_decode_ctx(&me, || (f.call)(inv));
-        let outcome = match catch_unwind(AssertUnwindSafe(call)) {
+        let outcome = catch_unwind(AssertUnwindSafe(call));
+        release();
+        let outcome = match outcome {
             Ok(o) => o,
             Err(p) => {
                 let message = panic_message(&*p);

@@ -253,6 +253,7 @@ impl Scheduler {
                         args,
                         extra: Vec::new(),
                         gpus: Vec::new(),
+                        moved: Vec::new(),
                     };
                     self.send_to(slot, &ToWorker::Run(run));
                 }

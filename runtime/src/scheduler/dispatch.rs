@@ -225,6 +225,7 @@ impl Scheduler {
             args,
             extra: t.spec.extra.clone(),
             gpus: Vec::new(),
+            moved: Vec::new(),
         };
         if matches!(t.spec.actor, Some(ActorCall::Create { .. })) {
             self.keep_ctor(id, &run.args);
@@ -239,6 +240,18 @@ impl Scheduler {
         };
         let t = self.tasks.get_mut(&id).expect("run_message found it");
         t.attempts += 1;
+        // Its last attempt: the arguments' references move to the worker (scheduler rule 13).
+        let moved: Vec<Id> = if t.attempts > t.spec.opts.max_retries && t.spec.actor.is_none() {
+            t.args_moved = true;
+            t.spec.arg_ids().collect()
+        } else {
+            Vec::new()
+        };
+        for &a in &moved {
+            self.own(Some(slot), a, 1);
+        }
+        run.moved = moved;
+        let t = self.tasks.get_mut(&id).expect("run_message found it");
         t.state = TaskState::Running {
             slot,
             cancel_requested: false,

@@ -22,8 +22,12 @@ pub(crate) enum Event {
         msg: FromWorker,
         reply: Option<Sender<ToWorker>>,
     },
-    /// A snapshot of the runtime's counters.
-    Stats(Sender<RuntimeStats>),
+    /// A snapshot of the runtime's counters; with `reset_peaks`, the peaks then start again
+    /// from now.
+    Stats {
+        reply: Sender<RuntimeStats>,
+        reset_peaks: bool,
+    },
     /// The task runs kept for the timeline (timeline.rs).
     Timeline(Sender<Vec<timeline::Run>>),
     /// Tasks by function and state.

@@ -255,13 +255,17 @@ impl Scheduler {
     fn handle(&mut self, ev: Event) -> bool {
         match ev {
             Event::Driver { msg, reply } => self.on_message(Requester::Driver(reply), msg),
-            Event::Stats(tx) => {
+            Event::Stats { reply, reset_peaks } => {
                 let mut s = self.stats;
                 s.store = self.store.stats();
                 s.objects = self.objects.len();
                 s.tasks = self.tasks.len();
                 s.workers = self.pool.workers.len();
-                let _ = tx.send(s);
+                let _ = reply.send(s);
+                if reset_peaks {
+                    self.store.reset_peak();
+                    self.stats.peak_workers = self.pool.workers.len();
+                }
             }
             Event::Timeline(tx) => {
                 let _ = tx.send(

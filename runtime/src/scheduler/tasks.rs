@@ -69,6 +69,9 @@ pub(super) struct Task {
     pub(super) holds_window: bool,
     /// A task it submitted was given a window (scheduler rule 12): it is never run again.
     pub(super) gave_window: bool,
+    /// Its arguments' references were moved to its worker (scheduler rule 13): it cannot run
+    /// again, and its end releases nothing.
+    pub(super) args_moved: bool,
 }
 
 impl Task {
@@ -86,6 +89,7 @@ impl Task {
             parent,
             holds_window: false,
             gave_window: false,
+            args_moved: false,
         }
     }
 
@@ -214,7 +218,15 @@ impl Scheduler {
         } else if t.holds_window && (t.gave_window || !t.spec.opts.restartable) {
             AfterLoss::WindowLost
         } else if self.cancel.killed.contains(&slot) {
-            AfterLoss::Resubmit
+            // Its arguments were moved to its worker (scheduler rule 13): it can run again
+            // only if they all still exist (their refs are taken back before the worker's go).
+            let args_gone =
+                t.args_moved && !t.spec.arg_ids().all(|a| self.objects.contains_key(&a));
+            if args_gone {
+                AfterLoss::Fail
+            } else {
+                AfterLoss::Resubmit
+            }
         } else if t.may_retry() {
             AfterLoss::Retry
         } else {
@@ -235,6 +247,16 @@ impl Scheduler {
                 self.finish_task(task, Err(err));
             }
             AfterLoss::Resubmit | AfterLoss::Retry => {
+                if std::mem::take(&mut t.args_moved) {
+                    // The task's own references again (scheduler rule 13).
+                    let args: Vec<Id> = t.spec.arg_ids().collect();
+                    for a in args {
+                        self.add_ref(a, 1);
+                    }
+                }
+                let Some(t) = self.tasks.get_mut(&task) else {
+                    return;
+                };
                 if verdict == AfterLoss::Resubmit {
                     debug_assert!(t.attempts > 0, "a started task with no attempt");
                     t.attempts = t.attempts.saturating_sub(1);
@@ -265,6 +287,9 @@ impl Scheduler {
     /// Gives the task's argument references back (scheduler rule 3).
     pub(super) fn release_task_args(&mut self, id: Id) {
         let Some(t) = self.tasks.get(&id) else { return };
+        if t.args_moved {
+            return;
+        }
         let ids: Vec<Id> = t.spec.arg_ids().collect();
         for r in ids {
             self.add_ref(r, -1);

@@ -2,60 +2,83 @@
 //! also its own worker program (nothing else to build or install).
 //!
 //! ```text
-//! rayfork sort [N] [--rounds R] [--cpus C] [--timeline FILE]
-//! rayfork bench [--cpus C]
+//! rayfork sort [N] [--rounds R] [--cpus C] [--full-range] [--variants LIST] [--json]
+//!              [--timeline FILE]
+//! rayfork bench [--cpus C] [--json]
 //! ```
 //!
-//! `sort` sorts N random integers (default 10 000 000) with the nested-tasks quicksort and the
-//! sample sort of the quicksort example, checks every run against `sort_unstable` and prints
-//! the median times beside the same algorithm in one process; `--timeline` writes the tasks'
-//! Chrome trace. `bench` prints the empty-task round trip, the throughput with 1000 tasks and
-//! 1000 actor calls in flight. The full tables are the `quicksort` and `microbenchmark`
-//! examples.
+//! `sort` sorts N random integers (default 10 000 000) with every variant of the quicksort
+//! example (the in-place nested quicksort on windows first, the radix sort tasks, the seed
+//! algorithm as nested tasks up to 10^8 keys) beside the baselines in one process, checks every
+//! run (sorted, same keys) and prints the median times, peak store bytes and worker processes
+//! per variant; it sizes the store for the variants it runs. `--json` prints one JSON object
+//! instead. `bench` prints the empty-task round trip, the throughput with 1000 tasks and 1000
+//! actor calls in flight. The full tables are the `quicksort` and `microbenchmark` examples.
 
 #[path = "../../../examples/sort_tasks.rs"]
 mod sort_tasks;
+
+#[path = "../../../examples/sort_bench.rs"]
+mod sort_bench;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use rayfork::{Runtime, remote};
-use sort_tasks::{quick_sort, quick_sort_seq, random_ints, sample_sort};
+use sort_bench::{Keys, Plan, Variant};
 
 const USAGE: &str = "usage:
-  rayfork sort [N] [--rounds R] [--cpus C] [--timeline FILE]
-      sort N random integers (default 10000000) with nested tasks and a sample sort
-  rayfork bench [--cpus C]
+  rayfork sort [N] [--rounds R] [--cpus C] [--full-range] [--variants LIST] [--json] [--timeline FILE]
+      sort N random integers (default 10000000) with every variant and baseline, checked;
+      LIST is a comma-separated choice of in-place, radix, seed, sample, in-place-1, seed-1,
+      rayon, std
+  rayfork bench [--cpus C] [--json]
       empty-task round trip and throughput with 1000 tasks / actor calls in flight";
 
 /// Options of both commands.
 struct Opts {
     n: usize,
-    rounds: usize,
+    rounds: Option<usize>,
     cpus: usize,
+    keys: Keys,
+    variants: Option<Vec<Variant>>,
+    json: bool,
     timeline: Option<String>,
 }
 
 fn parse(args: &[String]) -> Result<Opts, String> {
     let mut o = Opts {
         n: 10_000_000,
-        rounds: 3,
+        rounds: None,
         cpus: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        keys: Keys::Seed,
+        variants: None,
+        json: false,
         timeline: None,
     };
     let mut it = args.iter();
     let number = |v: Option<&String>, what: &str| -> Result<usize, String> {
-        v.and_then(|s| s.replace('_', "").parse().ok())
+        let v = v.ok_or_else(|| format!("{what} needs a value"))?;
+        v.replace('_', "")
+            .parse()
+            .ok()
             .filter(|&n| n > 0)
-            .ok_or_else(|| format!("{what} needs a positive number"))
+            .ok_or_else(|| format!("{what} needs a positive number, got {v:?}"))
     };
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--rounds" => o.rounds = number(it.next(), "--rounds")?,
+            "--rounds" => o.rounds = Some(number(it.next(), "--rounds")?),
             "--cpus" => o.cpus = number(it.next(), "--cpus")?,
+            "--full-range" => o.keys = Keys::Full,
+            "--json" => o.json = true,
+            "--variants" => {
+                let list = it.next().ok_or("--variants needs a list")?;
+                o.variants = Some(sort_bench::parse_variants(list)?);
+            }
             "--timeline" => {
                 o.timeline = Some(it.next().ok_or("--timeline needs a file name")?.clone())
             }
+            flag if flag.starts_with('-') => return Err(format!("unknown option {flag:?}")),
             n => o.n = number(Some(&n.to_string()), "the size")?,
         }
     }
@@ -86,68 +109,48 @@ fn main() -> ExitCode {
     }
 }
 
-/// The median of `rounds` timed runs of `f`, each checked by `check`.
-fn median_of<R>(
-    rounds: usize,
-    mut f: impl FnMut() -> rayfork::Result<R>,
-    check: impl Fn(&R) -> bool,
-) -> rayfork::Result<Duration> {
-    let mut times = Vec::with_capacity(rounds);
-    for _ in 0..rounds {
-        let t = Instant::now();
-        let out = f()?;
-        times.push(t.elapsed());
-        if !check(&out) {
-            return Err(rayfork::Error::Runtime("a sort gave a wrong result".into()));
-        }
-    }
-    times.sort();
-    Ok(times[times.len() / 2])
-}
-
 fn sort(o: &Opts) -> rayfork::Result<()> {
-    let input = random_ints(o.n, 42);
-    let mut expected = input.clone();
-    expected.sort_unstable();
+    let plan = Plan {
+        n: o.n,
+        cpus: o.cpus,
+        // Three runs per variant up to 10^8 keys, one above (10^9 takes minutes per round).
+        rounds: o.rounds.unwrap_or(if o.n <= 100_000_000 { 3 } else { 1 }),
+        keys: o.keys,
+        variants: o
+            .variants
+            .clone()
+            .unwrap_or_else(|| sort_bench::default_variants(o.n)),
+    };
+    let store = plan.store_bytes();
     let rt = Runtime::builder()
         .num_cpus(o.cpus)
-        .store_capacity((24 * 8 * o.n as u64).max(1 << 30))
-        .start()?;
-    let data = rt.put_array(&input)?;
-    let same = |out: &[i64]| out == expected.as_slice();
-    let seq = median_of(o.rounds, || Ok(quick_sort_seq(input.clone())), |v| same(v))?;
-    let nested = median_of(
-        o.rounds,
-        || rt.get(&quick_sort::remote(data.clone())),
-        |a| same(a),
-    )?;
-    let sample = median_of(o.rounds, || sample_sort(&rt, &data, o.cpus), |a| same(a))?;
-    println!(
-        "sorted {} integers on {} CPUs, median of {} run(s), every run checked:",
-        o.n, o.cpus, o.rounds
-    );
-    println!(
-        "  one process (the seed algorithm) {:>9.3} s",
-        seq.as_secs_f64()
-    );
-    let ratio = |d: Duration| seq.as_secs_f64() / d.as_secs_f64();
-    println!(
-        "  nested quicksort tasks           {:>9.3} s  ({:.2}x)",
-        nested.as_secs_f64(),
-        ratio(nested)
-    );
-    println!(
-        "  sample sort, {:>2} bucket tasks    {:>9.3} s  ({:.2}x)",
-        o.cpus,
-        sample.as_secs_f64(),
-        ratio(sample)
-    );
+        .store_capacity(store)
+        .start()
+        .map_err(|e| {
+            rayfork::Error::Runtime(format!(
+                "sorting {} keys with {:?} needs an object store of {:.1} GB, which could not \
+                 be made ({e}); run fewer variants (--variants in-place needs 1x the keys' \
+                 bytes, radix 2x, seed and sample 5x) or fewer keys",
+                o.n,
+                plan.variants.iter().map(|v| v.name()).collect::<Vec<_>>(),
+                store as f64 / 1e9
+            ))
+        })?;
+    let rows = sort_bench::run(&rt, &plan)?;
+    if o.json {
+        println!("{}", sort_bench::to_json(&plan, &rows));
+    } else {
+        sort_bench::print_table(&plan, &rows);
+    }
     if let Some(path) = &o.timeline {
         let events = rt.timeline(path)?;
-        println!("{events} trace events written to {path}");
+        eprintln!("{events} trace events written to {path}");
     }
-    println!("\n{}", rt.summary()?);
-    Ok(())
+    if rows.iter().all(|r| r.checked) {
+        Ok(())
+    } else {
+        Err(rayfork::Error::Runtime("a sort gave a wrong result".into()))
+    }
 }
 
 /// An empty task.
@@ -200,6 +203,16 @@ fn bench(o: &Opts) -> rayfork::Result<()> {
         let refs: Vec<_> = (0..1000).map(|_| counter.incr()).collect();
         rt.get_all(&refs).map(drop)
     })?;
+    if o.json {
+        let json = serde_json::json!({
+            "cpus": o.cpus,
+            "round_trip_us": p50.as_secs_f64() * 1e6,
+            "tasks_in_flight_per_s": tasks,
+            "actor_calls_in_flight_per_s": calls,
+        });
+        println!("{json}");
+        return Ok(());
+    }
     println!("rayfork on {} CPUs (medians):", o.cpus);
     println!(
         "  empty task, sync round trip     {:>9.1} us",
