@@ -12,8 +12,9 @@
 //! `cargo run --release --example quicksort -- 32000000` adds a size; `--rounds N` sets the
 //! runs per cell (default 3); `--full-range` sorts keys over all of `i64` instead of
 //! [0, 10^6); `--variants in-place,radix,rayon` picks variants; `--quick` runs a small size
-//! once; `--json` prints one JSON object per size instead of the table; `--timeline trace.json`
-//! writes the tasks of the largest size as a Chrome trace (open it in ui.perfetto.dev).
+//! once; `--json` prints one JSON object per size instead of the table; `--populate` backs the
+//! store at start (`Config::populate`); `--timeline trace.json` writes the tasks of the largest
+//! size as a Chrome trace (open it in ui.perfetto.dev).
 
 #[path = "sort_tasks.rs"]
 mod sort_tasks;
@@ -30,6 +31,7 @@ fn main() -> rayfork::Result<()> {
     let mut rounds = 3;
     let mut keys = Keys::Seed;
     let mut json = false;
+    let mut populate = false;
     let mut variants: Option<Vec<Variant>> = None;
     let mut timeline = None;
     let mut args = std::env::args().skip(1);
@@ -42,6 +44,7 @@ fn main() -> rayfork::Result<()> {
             "--rounds" => rounds = args.next().and_then(|n| n.parse().ok()).unwrap_or(3),
             "--full-range" => keys = Keys::Full,
             "--json" => json = true,
+            "--populate" => populate = true,
             "--variants" => {
                 let list = args.next().unwrap_or_default();
                 variants = Some(
@@ -70,6 +73,7 @@ fn main() -> rayfork::Result<()> {
         let rt = Runtime::builder()
             .num_cpus(cpus)
             .store_capacity(plan.store_bytes())
+            .populate(populate)
             .start()?;
         let rows = sort_bench::run(&rt, &plan)?;
         if json {

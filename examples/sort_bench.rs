@@ -183,6 +183,9 @@ pub struct Row {
     pub workers: Option<usize>,
     /// Every run's output was sorted and had the input's keys.
     pub checked: bool,
+    /// Kernel (system) CPU time over wall time in the median run, counting this process and
+    /// every worker process: the cost of page faults and zeroing.
+    pub sys_share: f64,
     /// This variant's time over its one-process run, when both ran.
     #[serde(skip)]
     pub speedup: Option<f64>,
@@ -262,19 +265,70 @@ fn keys_in_vec(plan: &Plan) -> Vec<i64> {
     v
 }
 
+/// System CPU seconds used so far by this process and every live process below it (the fork
+/// server and the workers), from `/proc`.
+fn sys_seconds_of_tree() -> f64 {
+    let stat = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+    // Fields after the command name: state is field 3; ppid 4; stime 15 (1-based).
+    let fields = |s: &str| -> Option<(u32, u64)> {
+        let rest: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
+        Some((rest.get(1)?.parse().ok()?, rest.get(12)?.parse().ok()?))
+    };
+    let mut procs = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let name = e.file_name();
+            let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Some((ppid, stime)) = stat(&pid.to_string()).as_deref().and_then(fields) {
+                procs.push((pid, ppid, stime));
+            }
+        }
+    }
+    let me = std::process::id();
+    let mut tree = vec![me];
+    let mut ticks = 0;
+    while let Some(p) = tree.pop() {
+        for &(pid, ppid, stime) in &procs {
+            if pid == p {
+                ticks += stime;
+            }
+            if ppid == p {
+                tree.push(pid);
+            }
+        }
+    }
+    // Clock ticks: 100 per second on Linux (`getconf CLK_TCK`).
+    ticks as f64 / 100.0
+}
+
+/// One run's measurements.
+struct Run {
+    took: Duration,
+    sys: f64,
+    checked: bool,
+}
+
 /// Runs `f` (the timed part) and checks its output.
 fn time_and_check<R: AsRef<[i64]>>(
     want: u64,
     f: impl FnOnce() -> rayfork::Result<R>,
-) -> rayfork::Result<(Duration, bool)> {
+) -> rayfork::Result<Run> {
+    let sys = sys_seconds_of_tree();
     let t = Instant::now();
     let out = f()?;
     let took = t.elapsed();
-    Ok((took, check(out.as_ref(), want)))
+    let sys = sys_seconds_of_tree() - sys;
+    Ok(Run {
+        took,
+        sys,
+        checked: check(out.as_ref(), want),
+    })
 }
 
 /// One timed run of `v` on fresh keys: its time, and whether its output checked.
-fn run_once(rt: &Runtime, plan: &Plan, v: Variant, want: u64) -> rayfork::Result<(Duration, bool)> {
+fn run_once(rt: &Runtime, plan: &Plan, v: Variant, want: u64) -> rayfork::Result<Run> {
     let leaf = in_place_leaf(plan.n, plan.cpus);
     match v {
         Variant::InPlace => {
@@ -339,14 +393,15 @@ pub fn run(rt: &Runtime, plan: &Plan) -> rayfork::Result<Vec<Row>> {
         for r in 0..plan.rounds {
             let _p = Progress::start(format!("{} run {}/{}", v.name(), r + 1, plan.rounds));
             rt.take_peaks()?;
-            let (t, ok) = run_once(rt, plan, v, want)?;
+            let run = run_once(rt, plan, v, want)?;
             let s = rt.take_peaks()?;
             peak = peak.max(s.store.peak_used);
             workers = workers.max(s.peak_workers);
-            checked &= ok;
-            times.push(t);
+            checked &= run.checked;
+            times.push((run.took, run.sys));
         }
-        times.sort();
+        times.sort_by_key(|t| t.0);
+        let (median, sys) = times[times.len() / 2];
         rows.push((
             v,
             Row {
@@ -356,7 +411,8 @@ pub fn run(rt: &Runtime, plan: &Plan) -> rayfork::Result<Vec<Row>> {
                 } else {
                     "baseline"
                 },
-                seconds: times[times.len() / 2].as_secs_f64(),
+                seconds: median.as_secs_f64(),
+                sys_share: sys / median.as_secs_f64(),
                 peak_store_bytes: v.is_rayfork().then_some(peak),
                 workers: v.is_rayfork().then_some(workers),
                 checked,
@@ -398,8 +454,8 @@ pub fn print_table(plan: &Plan, rows: &[Row]) {
         plan.rounds
     );
     println!(
-        "  {:<31} {:>9} {:>9} {:>12} {:>8} {:>6}",
-        "variant", "seconds", "vs 1 proc", "peak store", "workers", "check"
+        "  {:<31} {:>9} {:>9} {:>6} {:>12} {:>8} {:>6}",
+        "variant", "seconds", "vs 1 proc", "sys", "peak store", "workers", "check"
     );
     let rayon = rows
         .iter()
@@ -413,8 +469,14 @@ pub fn print_table(plan: &Plan, rows: &[Row]) {
         let workers = r.workers.map_or(String::new(), |w| w.to_string());
         let check = if r.checked { "ok" } else { "WRONG" };
         println!(
-            "  {:<31} {:>9.3} {:>9} {:>12} {:>8} {:>6}",
-            r.name, r.seconds, speedup, peak, workers, check
+            "  {:<31} {:>9.3} {:>9} {:>5.0}% {:>12} {:>8} {:>6}",
+            r.name,
+            r.seconds,
+            speedup,
+            r.sys_share * 100.0,
+            peak,
+            workers,
+            check
         );
     }
     if let Some(rayon) = rayon {

@@ -179,16 +179,19 @@ pub fn in_place_leaf(n: usize, cpus: usize) -> usize {
     (n / (cpus.max(1) * 8)).clamp(1 << 16, 1 << 20)
 }
 
-/// The digit `radix_sort_tasks` splits on: keys in `[lo, hi]` map to 256 buckets.
+/// The digit `radix_sort_tasks` splits on: keys in `[lo, hi]` map to `buckets()` buckets.
 #[derive(Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct TopDigit {
     lo: u64,
     shift: u32,
+    bits: u32,
 }
 
 impl TopDigit {
-    /// The digit for keys of `data` in the range of a sample (keys outside it clamp to the
-    /// first or last bucket: the order stays right, only the balance suffers).
+    /// The digit for the keys of `data` in the range of a sample (keys outside it clamp to the
+    /// first or last bucket: the order stays right, only the balance suffers), with enough
+    /// buckets (256 to 4096) for each to hold about 256K keys, a size the bucket sort keeps in
+    /// cache.
     fn of_sample(data: &[i64]) -> TopDigit {
         let mut rng = SmallRng::seed_from_u64(3);
         let (mut lo, mut hi) = (u64::MAX, 0);
@@ -198,23 +201,30 @@ impl TopDigit {
             hi = hi.max(k);
         }
         let span = hi.saturating_sub(lo);
-        let bits = 64 - span.leading_zeros();
+        let span_bits = 64 - span.leading_zeros();
+        let bits = (data.len() >> 18).max(1).ilog2().clamp(8, 12);
         TopDigit {
             lo,
-            shift: bits.saturating_sub(8),
+            shift: span_bits.saturating_sub(bits),
+            bits,
         }
+    }
+
+    fn buckets(&self) -> usize {
+        1 << self.bits
     }
 
     #[inline(always)]
     fn bucket(&self, x: i64) -> usize {
-        (key(x).saturating_sub(self.lo) >> self.shift).min(255) as usize
+        let b = key(x).saturating_sub(self.lo) >> self.shift;
+        (b as usize).min(self.buckets() - 1)
     }
 }
 
-/// Counts how many keys of the chunk fall in each of the 256 buckets.
+/// Counts how many keys of the chunk fall in each bucket of `digit`.
 #[remote]
 pub fn radix_count(chunk: Window<i64>, digit: TopDigit) -> (Window<i64>, Vec<u64>) {
-    let mut counts = vec![0u64; 256];
+    let mut counts = vec![0u64; digit.buckets()];
     for &x in chunk.iter() {
         counts[digit.bucket(x)] += 1;
     }
@@ -291,18 +301,13 @@ pub fn radix_sort_tasks(data: ArrayMut<i64>, tasks: usize) -> rayfork::Result<Ar
         .collect();
     let counted = rayfork::get_all(&refs)?;
     drop(refs);
-    let mut totals = [0usize; 256];
-    for (_, counts) in &counted {
-        for (t, &c) in totals.iter_mut().zip(counts) {
-            *t += c as usize;
-        }
-    }
     // 2. Every chunk's part of every bucket, in bucket-major order, then the scatter.
     let out = ArrayMut::<i64>::with_len(n)?.into_window()?;
-    let lengths = (0..256).flat_map(|b| counted.iter().map(move |(_, c)| c[b] as usize));
+    let buckets = digit.buckets();
+    let lengths = (0..buckets).flat_map(|b| counted.iter().map(move |(_, c)| c[b] as usize));
     let mut parts = split_lengths(out, lengths).into_iter();
     let mut per_task: Vec<Vec<Window<i64>>> = (0..counted.len()).map(|_| Vec::new()).collect();
-    for _ in 0..256 {
+    for _ in 0..buckets {
         for mine in per_task.iter_mut() {
             mine.push(parts.next().expect("one part per chunk and bucket"));
         }
@@ -319,17 +324,19 @@ pub fn radix_sort_tasks(data: ArrayMut<i64>, tasks: usize) -> rayfork::Result<Ar
         drop(chunk);
         by_task.push(mine.into_iter());
     }
-    let mut buckets = Vec::with_capacity(256);
-    for _ in 0..256 {
-        buckets.push(join_all(
-            by_task.iter_mut().map(|t| t.next().expect("256 parts")),
+    let mut scattered_buckets = Vec::with_capacity(buckets);
+    for _ in 0..buckets {
+        scattered_buckets.push(join_all(
+            by_task
+                .iter_mut()
+                .map(|t| t.next().expect("one part per bucket")),
         )?);
     }
     // 3. Groups of consecutive buckets of about n / tasks keys each, sorted in place.
     let target = n.div_ceil(tasks * 4).max(1);
     let mut groups: Vec<(Vec<Window<i64>>, Vec<usize>)> = vec![(Vec::new(), Vec::new())];
     let mut in_group = 0;
-    for b in buckets {
+    for b in scattered_buckets {
         if in_group >= target {
             groups.push((Vec::new(), Vec::new()));
             in_group = 0;
