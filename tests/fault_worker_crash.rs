@@ -62,11 +62,7 @@ fn pid() -> u32 {
 }
 
 fn marker(test: &str) -> String {
-    let dir = std::env::temp_dir().join(format!("rayfork-{test}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join("marker");
-    let _ = std::fs::remove_file(&p);
-    p.to_string_lossy().into_owned()
+    rayfork_tests::fresh_path(test, "marker")
 }
 
 fn runtime() -> Runtime {

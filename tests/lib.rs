@@ -83,6 +83,25 @@ pub fn assert_store_empty(rt: &rayfork::Runtime) {
     );
 }
 
+/// Waits (up to `limit`, a safety net) until the runtime holds no store memory, object or
+/// task, and fails with its counters if it does not get there.
+pub fn assert_runtime_drains(rt: &rayfork::Runtime, limit: Duration) {
+    let empty = eventually(limit, || {
+        let s = rt.stats().expect("stats");
+        (s.store.used, s.objects, s.tasks) == (0, 0, 0)
+    });
+    assert!(empty, "the runtime still holds: {:?}", rt.stats());
+}
+
+/// A path named `name` in a fresh directory of this test process (removed if it exists).
+pub fn fresh_path(test: &str, name: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("rayfork-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create the test's directory");
+    let p = dir.join(name);
+    let _ = std::fs::remove_file(&p);
+    p.to_string_lossy().into_owned()
+}
+
 /// In a task: appends this process's pid to `path` (one line per run, so retries show).
 pub fn note_run(path: &str) {
     use std::io::Write;

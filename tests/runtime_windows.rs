@@ -7,7 +7,7 @@ use std::time::Duration;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rayfork::{ArrayMut, Error, ObjectRef, Runtime, Window, remote};
-use rayfork_tests::{assert_store_empty, eventually, note_run, runs, watchdog};
+use rayfork_tests::{assert_store_empty, fresh_path, note_run, runs, watchdog};
 
 const LIMIT: Duration = Duration::from_secs(300);
 
@@ -87,10 +87,7 @@ fn tasks_write_disjoint_windows_in_place_and_the_array_seals_without_a_copy() {
             );
         }
     }
-    assert!(eventually(LIMIT, || {
-        let s = rt.stats().unwrap();
-        (s.store.used, s.objects, s.tasks) == (0, 0, 0)
-    }));
+    rayfork_tests::assert_runtime_drains(&rt, LIMIT);
 }
 
 #[test]
@@ -122,10 +119,7 @@ fn the_nested_in_place_quicksort_sorts_every_kind_of_input() {
         want.sort_unstable();
         assert!(sorted[..] == want[..], "{name}: not sorted");
     }
-    assert!(eventually(LIMIT, || {
-        let s = rt.stats().unwrap();
-        (s.store.used, s.objects, s.tasks) == (0, 0, 0)
-    }));
+    rayfork_tests::assert_runtime_drains(&rt, LIMIT);
 }
 
 #[test]
@@ -232,10 +226,7 @@ fn a_window_in_a_result_is_given_out_once() {
             .count();
         assert_eq!((ok, taken), (1, 1), "{outcomes:?}");
     }
-    assert!(eventually(LIMIT, || {
-        let s = rt.stats().unwrap();
-        (s.store.used, s.objects, s.tasks) == (0, 0, 0)
-    }));
+    rayfork_tests::assert_runtime_drains(&rt, LIMIT);
 }
 
 #[test]
@@ -267,19 +258,11 @@ fn write_then_crash(mut w: Window<i64>, path: String, always: bool) -> Window<i6
     w
 }
 
-fn runs_file(test: &str) -> String {
-    let dir = std::env::temp_dir().join(format!("rayfork-{test}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join("runs");
-    let _ = std::fs::remove_file(&p);
-    p.to_string_lossy().into_owned()
-}
-
 #[test]
 fn a_crash_while_holding_a_window_is_window_lost_and_frees_the_array() {
     let _w = watchdog("a_crash_while_holding_a_window", LIMIT);
     let rt = runtime();
-    let path = runs_file("window-lost");
+    let path = fresh_path("window-lost", "runs");
     let w = ArrayMut::from_fn(1000, |i| i as i64)
         .unwrap()
         .into_window()
@@ -299,17 +282,14 @@ fn a_crash_while_holding_a_window_is_window_lost_and_frees_the_array() {
     assert!(mine.iter().enumerate().all(|(i, &x)| x == i as i64));
     assert!(matches!(mine.seal(), Err(Error::InvalidArgument(_))));
     drop(r);
-    assert!(eventually(LIMIT, || {
-        let s = rt.stats().unwrap();
-        (s.store.used, s.objects, s.tasks) == (0, 0, 0)
-    }));
+    rayfork_tests::assert_runtime_drains(&rt, LIMIT);
 }
 
 #[test]
 fn a_restartable_task_runs_again_after_a_crash() {
     let _w = watchdog("a_restartable_task_runs_again", LIMIT);
     let rt = runtime();
-    let path = runs_file("window-restart");
+    let path = fresh_path("window-restart", "runs");
     let w = ArrayMut::from_fn(1000, |i| i as i64)
         .unwrap()
         .into_window()

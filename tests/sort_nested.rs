@@ -155,10 +155,7 @@ fn a_task_with_no_retry_frees_its_input_when_it_drops_it() {
     rayfork::cancel(&g).unwrap();
     assert!(rt.get(&r).is_err());
     drop((g, r));
-    assert!(rayfork_tests::eventually(LIMIT, || {
-        let s = rt.stats().unwrap();
-        (s.store.used, s.objects, s.tasks) == (0, 0, 0)
-    }));
+    rayfork_tests::assert_runtime_drains(&rt, LIMIT);
 }
 
 #[test]
@@ -225,8 +222,5 @@ fn every_sort_variant_sorts_every_kind_of_input() {
             .unwrap();
         assert!(got[..] == want[..], "seed: {name}");
     }
-    assert!(rayfork_tests::eventually(LIMIT, || {
-        let s = rt.stats().unwrap();
-        (s.store.used, s.objects, s.tasks) == (0, 0, 0)
-    }));
+    rayfork_tests::assert_runtime_drains(&rt, LIMIT);
 }

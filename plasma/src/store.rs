@@ -153,6 +153,21 @@ struct Object {
 }
 
 impl Object {
+    /// Ok if `client` created this unsealed object (rule 2); the error for the state else.
+    fn check_creator(&self, id: ObjectId, client: ClientId) -> Result<(), StoreError> {
+        match self.state {
+            State::Unsealed { creator } if creator == client => Ok(()),
+            State::Unsealed { creator } => Err(StoreError::NotCreator {
+                id,
+                client,
+                creator,
+            }),
+            State::Shared => Err(StoreError::Shared(id)),
+            State::Sealed => Err(StoreError::AlreadySealed(id)),
+            State::Deleted => Err(StoreError::Deleted(id)),
+        }
+    }
+
     fn descriptor(&self) -> Descriptor {
         Descriptor {
             offset: self.alloc.offset,
@@ -367,19 +382,7 @@ impl<A: Arena> Store<A> {
     /// ```
     pub fn write(&mut self, id: ObjectId, client: ClientId) -> Result<&mut [u8], StoreError> {
         let obj = find(&mut self.objects, id)?;
-        match obj.state {
-            State::Unsealed { creator } if creator == client => {}
-            State::Unsealed { creator } => {
-                return Err(StoreError::NotCreator {
-                    id,
-                    client,
-                    creator,
-                });
-            }
-            State::Shared => return Err(StoreError::Shared(id)),
-            State::Sealed => return Err(StoreError::AlreadySealed(id)),
-            State::Deleted => return Err(StoreError::Deleted(id)),
-        }
+        obj.check_creator(id, client)?;
         let d = obj.descriptor();
         // Rule 2: only the creator of an unsealed object gets here; unsealed objects are never
         // handed out for reading (rule 4); the allocator gives live objects disjoint ranges.
@@ -509,19 +512,7 @@ impl<A: Arena> Store<A> {
     /// `abort` from whoever the caller allows.
     pub fn share(&mut self, id: ObjectId, client: ClientId) -> Result<(), StoreError> {
         let obj = find(&mut self.objects, id)?;
-        match obj.state {
-            State::Unsealed { creator } if creator == client => {}
-            State::Unsealed { creator } => {
-                return Err(StoreError::NotCreator {
-                    id,
-                    client,
-                    creator,
-                });
-            }
-            State::Shared => return Err(StoreError::Shared(id)),
-            State::Sealed => return Err(StoreError::AlreadySealed(id)),
-            State::Deleted => return Err(StoreError::Deleted(id)),
-        }
+        obj.check_creator(id, client)?;
         obj.state = State::Shared;
         self.forget_creating(client, id);
         Ok(())
