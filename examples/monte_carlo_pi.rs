@@ -54,11 +54,11 @@ fn sampling_task(
         }
         // Report progress every 1 million samples (fire and forget, as Ray's `.remote()`).
         if (i + 1) % 1_000_000 == 0 {
-            progress_actor.report_progress(task_id, i + 1);
+            let _ = progress_actor.report_progress(task_id, i + 1);
         }
     }
     // Report the final progress.
-    progress_actor.report_progress(task_id, num_samples);
+    let _ = progress_actor.report_progress(task_id, num_samples);
     num_inside
 }
 

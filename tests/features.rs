@@ -285,7 +285,8 @@ fn custom_resource_limits_concurrency() {
         )
         .unwrap();
     assert_eq!(held, 4);
-    assert_store_empty(&rt);
+    // The waiter, whose ref its parent dropped, still runs (once db is free) and then ends.
+    rayfork_tests::assert_runtime_drains(&rt, LIMIT);
 }
 
 #[remote]

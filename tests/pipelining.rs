@@ -134,9 +134,9 @@ fn parent_of_queued(go: String, n: u64) -> rayfork::Result<u64> {
     Ok(rayfork::get_all(&kids)?.into_iter().sum())
 }
 
-/// Leaves a mark if it ever runs.
+/// Leaves a mark when it runs.
 #[remote]
-fn must_not_run(mark: String) -> u64 {
+fn leaves_a_mark(mark: String) -> u64 {
     touch(&mark);
     1
 }
@@ -357,7 +357,7 @@ fn a_cancelled_queued_task_resolves_at_once_and_never_runs() {
     let rt = runtime(1);
     let a = start_long(&dir, "a-started");
     let mark = dir.path("b-ran");
-    let b = must_not_run::remote(mark.clone());
+    let b = leaves_a_mark::remote(mark.clone());
     // One CPU, held by A: B can only wait queued on A's worker.
     until_stats(&rt, "B queued behind A", |s| s.queued >= 1);
     assert_eq!(rayfork::cancel(&b).unwrap(), CancelOutcome::Cancelled);
@@ -577,27 +577,49 @@ fn a_blocked_frames_cpu_serves_tasks_queued_on_other_workers() {
     expect_cancelled(rt.get_timeout(&long, PATIENCE));
 }
 
-/// A queued task whose result nobody holds any more is taken back and dropped, never run (as an
-/// unstarted task in the queue would be).
+/// A queued task whose result nobody holds any more still runs (a submitted task runs, as in
+/// Ray), and its result is freed when it ends.
 #[test]
-fn a_queued_task_nobody_waits_for_is_dropped_unrun() {
-    let _w = watchdog("a_queued_task_nobody_waits_for_is_dropped_unrun", LIMIT);
+fn a_queued_task_nobody_holds_a_ref_to_still_runs() {
+    let _w = watchdog("a_queued_task_nobody_holds_a_ref_to_still_runs", LIMIT);
     let dir = TestDir::new("unwanted");
     let rt = runtime(1);
     let a = start_long(&dir, "a-started");
     let mark = dir.path("b-ran");
-    let b = must_not_run::remote(mark.clone());
+    let b = leaves_a_mark::remote(mark.clone());
     until_stats(&rt, "B queued behind A", |s| s.queued >= 1);
     drop(b);
-    until_stats(&rt, "B taken back", |s| s.taken_back >= 1);
     assert_eq!(rayfork::cancel(&a).unwrap(), CancelOutcome::Cancelled);
     expect_cancelled(rt.get_timeout(&a, PATIENCE));
-    // The worker's next task runs after anything left on it: B would have run by then.
+    // The worker's next task runs after anything left on it: B has run by then.
     assert_eq!(rt.get_timeout(&small::remote(3), PATIENCE).unwrap(), f(3));
-    assert!(!Path::new(&mark).exists(), "the unwanted queued task ran");
+    assert!(
+        Path::new(&mark).exists(),
+        "the queued task nobody held did not run"
+    );
     drop(a);
-    let s = rt.stats().unwrap();
-    assert_eq!((s.pipelined, s.tasks, s.objects), (0, 0, 0), "{s:?}");
+    rayfork_tests::assert_runtime_drains(&rt, LIMIT);
+}
+
+/// A task submitted as a statement (its ref dropped at once) runs, whether or not a worker
+/// was idle when it was submitted.
+#[test]
+fn a_fire_and_forget_task_runs() {
+    let _w = watchdog("a_fire_and_forget_task_runs", LIMIT);
+    let dir = TestDir::new("forget");
+    let rt = runtime(1);
+    let a = start_long(&dir, "a-started");
+    let marks: Vec<String> = (0..5).map(|i| dir.path(&format!("ran-{i}"))).collect();
+    for m in &marks {
+        let _ = leaves_a_mark::remote(m.clone());
+    }
+    assert_eq!(rayfork::cancel(&a).unwrap(), CancelOutcome::Cancelled);
+    drop(a);
+    assert!(
+        eventually(LIMIT, || marks.iter().all(|m| Path::new(m).exists())),
+        "a task submitted and dropped did not run"
+    );
+    rayfork_tests::assert_runtime_drains(&rt, LIMIT);
 }
 
 /// `Config::pipeline_depth(0)` turns pipelining off: tasks go only to idle workers.
@@ -622,13 +644,12 @@ fn two(mark: String) -> (u64, u64) {
     (1, 2)
 }
 
-/// A task with two returns queued on a worker, whose refs are dropped one after the other, is
-/// dropped unrun and leaves no object behind (the first return, kept while the task was
-/// queued, goes with it).
+/// A task with two returns queued on a worker, whose refs are dropped one after the other,
+/// still runs and leaves no object behind.
 #[test]
-fn a_queued_multi_return_task_dropped_ref_by_ref_leaves_nothing() {
+fn a_queued_multi_return_task_dropped_ref_by_ref_runs_and_leaves_nothing() {
     let _w = watchdog(
-        "a_queued_multi_return_task_dropped_ref_by_ref_leaves_nothing",
+        "a_queued_multi_return_task_dropped_ref_by_ref_runs_and_leaves_nothing",
         LIMIT,
     );
     let dir = TestDir::new("multi-return");
@@ -639,12 +660,13 @@ fn a_queued_multi_return_task_dropped_ref_by_ref_leaves_nothing() {
     until_stats(&rt, "the task queued behind A", |s| s.queued >= 1);
     drop(first);
     drop(second);
-    until_stats(&rt, "the task taken back", |s| s.taken_back >= 1);
     assert_eq!(rayfork::cancel(&a).unwrap(), CancelOutcome::Cancelled);
     expect_cancelled(rt.get_timeout(&a, PATIENCE));
     assert_eq!(rt.get_timeout(&small::remote(3), PATIENCE).unwrap(), f(3));
-    assert!(!Path::new(&mark).exists(), "the dropped task ran");
+    assert!(
+        Path::new(&mark).exists(),
+        "the task whose refs were dropped did not run"
+    );
     drop(a);
-    let s = rt.stats().unwrap();
-    assert_eq!((s.tasks, s.objects), (0, 0), "{s:?}");
+    rayfork_tests::assert_runtime_drains(&rt, LIMIT);
 }

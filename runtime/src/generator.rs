@@ -41,6 +41,7 @@ use crate::task::{ArgSpec, SubmitCx, TaskOptions, submit_call};
 /// failure come first, then one `Err`, then `None`. Dropping the generator frees the items not
 /// taken and ends the task at its next yield (it stops iterating; until then it runs on, or
 /// can be cancelled through [`completion`](Self::completion)).
+#[must_use = "dropping the generator frees the items not taken and stops the task at its next yield"]
 pub struct ObjectRefGenerator<T> {
     done: ObjectRef<u64>,
     next: u64,

@@ -46,6 +46,7 @@ impl Drop for Handle {
 ///     Ok(())
 /// }
 /// ```
+#[must_use = "the task runs anyway; without its ref nobody can read its result, which is freed when it ends (use rayfork::cancel to stop a task)"]
 pub struct ObjectRef<T> {
     handle: Arc<Handle>,
     _t: PhantomData<fn() -> T>,

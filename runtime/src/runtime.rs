@@ -127,6 +127,7 @@ impl Backend for DriverBackend {
 ///     Ok(())
 /// }
 /// ```
+#[must_use = "dropping the Runtime stops its fork server and every worker at once"]
 pub struct Runtime {
     backend: Arc<DriverBackend>,
     dyn_backend: BackendRef,

@@ -129,10 +129,11 @@ impl Scheduler {
     pub(super) fn free(&mut self, id: Id) {
         let mut stack = vec![id];
         while let Some(id) = stack.pop() {
-            if self.is_running_return(id) && !self.take_back_unwanted(id) {
-                // Kept (with no refs) until its task ends: the worker may still write it; it is
-                // freed when it resolves (scheduler rule 6). A generator's stream is abandoned
-                // now: nobody can take its items (scheduler rule 10).
+            if self.is_live_return(id) {
+                // Kept (with no refs) until its task ends: the task runs whether or not anyone
+                // holds its result, and its worker may write it; it is freed when it resolves
+                // (scheduler rule 6). A generator's stream is abandoned now: nobody can take
+                // its items (scheduler rule 10).
                 self.abandon_stream(id);
                 continue;
             }
@@ -156,36 +157,6 @@ impl Scheduler {
                     if co.refs <= 0 {
                         stack.push(c);
                     }
-                }
-            }
-            // A task nobody waits for any more: drop it if it has not started (scheduler rules 4,
-            // 6). An actor call runs anyway: it is made for its effect on the actor (scheduler rule
-            // 8).
-            if let ObjState::Pending = o.state {
-                let task = self.task_of_return(id);
-                let unstarted = self
-                    .tasks
-                    .get(&task)
-                    .is_some_and(|t| t.state.is_unstarted() && t.spec.actor.is_none());
-                if unstarted && !self.any_return_alive(task) {
-                    self.queue.retain(|&q| q != task);
-                    self.release_task_args(task);
-                    // Its other returns may have been kept with no refs while it was queued on
-                    // a worker (scheduler rule 11): with the task gone, they go too.
-                    let rets: Vec<Id> = std::iter::once(task)
-                        .chain(
-                            self.tasks
-                                .get(&task)
-                                .map_or(&[][..], |t| &t.spec.extra[..])
-                                .iter()
-                                .copied(),
-                        )
-                        .collect();
-                    self.forget_task(task);
-                    stack.extend(
-                        rets.into_iter()
-                            .filter(|r| self.objects.get(r).is_some_and(|o| o.refs <= 0)),
-                    );
                 }
             }
         }

@@ -262,18 +262,6 @@ impl Scheduler {
         index.is_some_and(|i| self.take_back_one(slot, i))
     }
 
-    /// Return object `id` lost its last reference: if its task is a pool task still queued on a
-    /// worker and none of its returns is wanted, takes it back (scheduler rules 6, 11); true if it
-    /// did (the task is then unstarted and can be dropped).
-    pub(super) fn take_back_unwanted(&mut self, id: Id) -> bool {
-        let task = self.task_of_return(id);
-        let queued = self
-            .tasks
-            .get(&task)
-            .is_some_and(|t| t.state.is_queued() && t.spec.actor.is_none());
-        queued && !self.any_return_alive(task) && self.take_back_task(task)
-    }
-
     /// Takes back every task queued on `slot` that the worker has not claimed; they go back
     /// to the front of the queue (or of their actor's calls), in order. Returns how many stay
     /// (claimed: they start in order as the worker's stack empties).

@@ -447,35 +447,13 @@ impl Scheduler {
         self.extra_of.get(&id).copied().unwrap_or(id)
     }
 
-    /// True while any return object of `task` is referenced.
-    pub(super) fn any_return_alive(&self, task: Id) -> bool {
-        let alive = |id: &Id| self.objects.get(id).is_some_and(|o| o.refs > 0);
-        alive(&task)
-            || self
-                .tasks
-                .get(&task)
-                .is_some_and(|t| t.spec.extra.iter().any(alive))
-    }
-
-    /// True if `id` is a pending return object of a task that is running (scheduler rule 6).
-    pub(super) fn is_running_return(&self, id: Id) -> bool {
+    /// True if `id` is a pending return object of a task that has not ended, started or not
+    /// (scheduler rule 6).
+    pub(super) fn is_live_return(&self, id: Id) -> bool {
         self.objects
             .get(&id)
             .is_some_and(|o| matches!(o.state, ObjState::Pending))
-            && self
-                .tasks
-                .get(&self.task_of_return(id))
-                .is_some_and(|t| !t.state.is_unstarted())
-    }
-
-    /// Removes a task that will not run from the task table.
-    pub(super) fn forget_task(&mut self, task: Id) {
-        if let Some(t) = self.tasks.remove(&task) {
-            self.events.finished(task, &t.spec.func, &t.name, None);
-            for x in t.spec.extra {
-                self.extra_of.remove(&x);
-            }
-        }
+            && self.tasks.contains_key(&self.task_of_return(id))
     }
 
     /// True if the spec's extra return ids are new and distinct (rule 3 in protocol.rs).
