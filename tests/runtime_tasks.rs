@@ -402,3 +402,29 @@ fn get_all_returns_as_soon_as_one_fails() {
     assert_eq!(rt.get(&slow).unwrap(), 7);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[remote]
+fn triple(x: u64) -> u64 {
+    3 * x
+}
+
+/// Any thread of the driver submits and gets without entering the runtime: the most recently
+/// started runtime of the process is everyone's. (Other tests of this binary start runtimes
+/// too, in parallel; any of them gives the same answers.)
+#[test]
+fn every_driver_thread_reaches_the_runtime() {
+    let _w = watchdog("every_driver_thread_reaches_the_runtime", LIMIT);
+    let rt = runtime();
+    let threads: Vec<_> = (0..4u64)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let r = triple::remote(i);
+                rayfork::get(&r).map(|v| (rayfork::put(&v).is_ok(), v))
+            })
+        })
+        .collect();
+    for (i, t) in threads.into_iter().enumerate() {
+        assert_eq!(t.join().unwrap().unwrap(), (true, 3 * i as u64));
+    }
+    drop(rt);
+}

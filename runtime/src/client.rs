@@ -296,12 +296,22 @@ pub(crate) fn moving() -> bool {
     MOVING.with(|m| m.get() > 0)
 }
 
+/// The runtime most recently started in this process, for threads that entered none.
+static LATEST: Mutex<Option<Weak<dyn Backend>>> = Mutex::new(None);
+
 /// Makes `b` the runtime that free functions (`rayfork::put`, `f::remote`) use in this thread.
 pub(crate) fn set_current(b: &BackendRef) {
     CURRENT.with(|c| *c.borrow_mut() = Some(Arc::downgrade(b)));
 }
 
-/// The runtime that free functions use: the worker's own in a worker, else this thread's.
+/// Makes `b` the runtime of every driver thread that entered none (`Runtime::start`).
+pub(crate) fn set_latest(b: &BackendRef) {
+    *LATEST.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::downgrade(b));
+}
+
+/// The runtime that free functions use: the worker's own in a worker; else the one this
+/// thread entered (`Runtime::enter`, or started); else the one most recently started in the
+/// process, if it still runs.
 pub(crate) fn current() -> Result<BackendRef> {
     if let Some(w) = process_backend() {
         return Ok(w.clone());
@@ -309,8 +319,14 @@ pub(crate) fn current() -> Result<BackendRef> {
     if let Some(b) = DECODE_CTX.with(|c| c.borrow().last().cloned()) {
         return Ok(b);
     }
-    CURRENT
-        .with(|c| c.borrow().as_ref().and_then(Weak::upgrade))
+    if let Some(b) = CURRENT.with(|c| c.borrow().as_ref().and_then(Weak::upgrade)) {
+        return Ok(b);
+    }
+    LATEST
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .and_then(Weak::upgrade)
         .ok_or(Error::NoRuntime)
 }
 

@@ -116,8 +116,11 @@ pub enum Error {
         /// The runtime's total.
         total: String,
     },
-    /// There is no runtime to talk to: none was started in this thread, or it has shut down.
-    #[error("no rayfork runtime: start one with Runtime::builder().start() (or it has shut down)")]
+    /// There is no runtime to talk to: none was started in this process, or it has shut down.
+    #[error(
+        "no rayfork runtime: none runs in this process (start one with \
+         Runtime::builder().start(), and keep the Runtime alive while tasks are submitted)"
+    )]
     NoRuntime,
     /// An object a call names is not in this runtime: its last reference was dropped (a ref
     /// kept outside its handle), or it belongs to another runtime of this process (a ref works

@@ -208,6 +208,7 @@ impl Runtime {
         });
         let dyn_backend: BackendRef = backend.clone();
         crate::client::set_current(&dyn_backend);
+        crate::client::set_latest(&dyn_backend);
         Ok(Runtime {
             backend,
             dyn_backend,
@@ -217,6 +218,8 @@ impl Runtime {
     }
 
     /// Makes this runtime the current one of the calling thread (for `f::remote` and `put`).
+    /// Only needed with two runtimes in one process: a driver thread that entered none uses
+    /// the one most recently started.
     pub fn enter(&self) {
         crate::client::set_current(&self.dyn_backend);
     }
