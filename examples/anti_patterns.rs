@@ -1,8 +1,8 @@
 //! The anti-patterns of the Ray "Tasks" guide (ray-tasks.md), ported to rayfork: get in a loop,
 //! get unnecessarily, get on task arguments, processing results in submission order, fetching
 //! too many objects at once, and too fine-grained tasks. Each runs the wrong and the right way
-//! and prints their measured times side by side; the last two also show the `rayfork::map` and
-//! `rayfork::map_batched` helpers that package the right way. Every printed result is asserted.
+//! and prints their measured times side by side; the last two also show the `rayfork::map_chunks` and
+//! `rayfork::map_each` helpers that package the right way. Every printed result is asserted.
 //!
 //! Sizes and sleeps are scaled down from the guide's (each noted where it happens) so that the
 //! whole example runs in a few seconds on 2 CPUs.
@@ -313,11 +313,11 @@ fn too_many_objects_at_once(rt: &Runtime) -> rayfork::Result<()> {
     );
     // The same right way, packaged: at most 2 x 100 results unfetched at any time.
     let (lens, t_helper) =
-        timed(|| rayfork::map_batched(|_| return_big_object::remote(), 0..NUM_TASKS, BATCH_SIZE));
+        timed(|| rayfork::map_each(|_| return_big_object::remote(), 0..NUM_TASKS, BATCH_SIZE));
     let lens = lens?;
     assert_eq!(lens.len(), NUM_TASKS);
     assert!(lens.iter().all(|r| r.len() == 10 * 1024));
-    also("rayfork::map_batched(.., 100)", t_helper, t_wrong);
+    also("rayfork::map_each(.., 100)", t_helper, t_wrong);
     Ok(())
 }
 
@@ -386,10 +386,10 @@ fn too_fine_grained_tasks(rt: &Runtime) -> rayfork::Result<()> {
     );
     // The same right way, packaged: one task per chunk of 1000 numbers.
     let (mapped, t_map) = timed(|| -> rayfork::Result<Vec<u64>> {
-        let refs = rayfork::map(remote_double_batch::remote, numbers.iter().copied(), 1000);
+        let refs = rayfork::map_chunks(remote_double_batch::remote, numbers.iter().copied(), 1000);
         Ok(rt.get_all(&refs)?.into_iter().flatten().collect())
     });
     assert_eq!(mapped?, expected);
-    also("rayfork::map(.., 1000)", t_map, t_wrong);
+    also("rayfork::map_chunks(.., 1000)", t_map, t_wrong);
     Ok(())
 }

@@ -7,8 +7,8 @@
 //!    item, in parallel)`, then `reduce`.
 //!
 //! Flyte's dynamic workflows and launch plans become tasks that submit tasks; its map task over
-//! chunks becomes `rayfork::map` (one `level2` task per chunk) and its map task over items
-//! `rayfork::map_batched`. Every task returns its value with the tree of the tasks it ran (name
+//! chunks becomes `rayfork::map_chunks` (one `level2` task per chunk) and its map task over items
+//! `rayfork::map_each`. Every task returns its value with the tree of the tasks it ran (name
 //! and worker pid), which the example prints with the result.
 //!
 //! Run with `cargo run --release --example nested_workflows`.
@@ -143,10 +143,10 @@ mod nested_dynamics {
         Ok(gather("level2", runs))
     }
 
-    /// One `level2` per chunk (`rayfork::map`), then `reduce`.
+    /// One `level2` per chunk (`rayfork::map_chunks`), then `reduce`.
     #[remote]
     fn level1(l: Vec<i64>, chunk: usize) -> rayfork::Result<Traced<Vec<i64>>> {
-        reduce_chunks("level1", &rayfork::map(level2::remote, l, chunk))
+        reduce_chunks("level1", &rayfork::map_chunks(level2::remote, l, chunk))
     }
 
     /// The top-level workflow.
@@ -173,14 +173,14 @@ mod mixed {
     #[remote]
     fn level2(l: Vec<i64>) -> rayfork::Result<Traced<Vec<i64>>> {
         let n = l.len();
-        let runs = rayfork::map_batched(mappable::remote, l, n)?;
+        let runs = rayfork::map_each(mappable::remote, l, n)?;
         Ok(gather("level2", runs))
     }
 
-    /// One `level2` per chunk (`rayfork::map`), then `reduce`.
+    /// One `level2` per chunk (`rayfork::map_chunks`), then `reduce`.
     #[remote]
     fn level1(l: Vec<i64>, chunk: usize) -> rayfork::Result<Traced<Vec<i64>>> {
-        reduce_chunks("level1", &rayfork::map(level2::remote, l, chunk))
+        reduce_chunks("level1", &rayfork::map_chunks(level2::remote, l, chunk))
     }
 
     /// The top-level workflow.

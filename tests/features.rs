@@ -388,24 +388,23 @@ fn remote_options_have_every_task_option() {
 }
 
 #[test]
-fn map_and_map_batched_keep_order() {
-    let _w = watchdog("map_and_map_batched_keep_order", LIMIT);
+fn map_and_map_each_keep_order() {
+    let _w = watchdog("map_and_map_each_keep_order", LIMIT);
     let rt = runtime();
-    let refs = rayfork::map(double_all::remote, 0..1_003u64, 100);
+    let refs = rayfork::map_chunks(double_all::remote, 0..1_003u64, 100);
     assert_eq!(refs.len(), 11);
     let doubled: Vec<u64> = rt.get_all(&refs).unwrap().into_iter().flatten().collect();
     assert_eq!(doubled, (0..1_003u64).map(|x| 2 * x).collect::<Vec<_>>());
-    assert!(rayfork::map(double_all::remote, Vec::<u64>::new(), 10).is_empty());
+    assert!(rayfork::map_chunks(double_all::remote, Vec::<u64>::new(), 10).is_empty());
 
-    let squares = rayfork::map_batched(square::remote, 0..500u64, 16).unwrap();
+    let squares = rayfork::map_each(square::remote, 0..500u64, 16).unwrap();
     assert_eq!(squares, (0..500u64).map(|x| x * x).collect::<Vec<_>>());
-    let ones =
-        rayfork::map_batched(|x| square::options().num_cpus(0.5).remote(x), [1u64], 0).unwrap();
+    let ones = rayfork::map_each(|x| square::options().num_cpus(0.5).remote(x), [1u64], 0).unwrap();
     assert_eq!(ones, vec![1]);
     drop(refs);
     assert_store_empty(&rt);
     // The first error comes back; tasks still in flight then finish unobserved.
-    let e = rayfork::map_batched(split_first::remote, [1i64, -1, 2, 3], 1).unwrap_err();
+    let e = rayfork::map_each(split_first::remote, [1i64, -1, 2, 3], 1).unwrap_err();
     assert!(matches!(e, Error::TaskFailed { .. }), "{e:?}");
     assert!(eventually(Duration::from_secs(30), || {
         let s = rt.stats().unwrap();

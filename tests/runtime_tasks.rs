@@ -428,3 +428,91 @@ fn every_driver_thread_reaches_the_runtime() {
     }
     drop(rt);
 }
+
+/// Waits until `path` exists, then returns `v`.
+#[remote]
+fn after_file(path: String, v: u64) -> u64 {
+    while !std::path::Path::new(&path).exists() {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    v
+}
+
+#[remote]
+fn fails_with(msg: String) -> Result<u64, String> {
+    Err(msg)
+}
+
+/// Gives the indices of `refs` in completion order, from inside a task.
+#[remote]
+fn completion_order_inside(n: u64) -> rayfork::Result<Vec<usize>> {
+    let refs: Vec<_> = (0..n).map(triple::remote).collect();
+    let mut order = Vec::new();
+    for (i, v) in rayfork::as_completed(&refs) {
+        assert_eq!(v?, 3 * i as u64);
+        order.push(i);
+    }
+    Ok(order)
+}
+
+#[test]
+fn as_completed_yields_in_completion_order_each_result_once() {
+    let _w = watchdog("as_completed_yields_in_completion_order", LIMIT);
+    let rt = runtime();
+    let gate = rayfork_tests::fresh_path("as-completed", "gate");
+    // The first task cannot finish before the test opens the gate, which it does only after
+    // the second one came out: the order is certain.
+    let refs = vec![after_file::remote(gate.clone(), 7), triple::remote(5)];
+    let mut it = rayfork::as_completed(&refs);
+    let (i, v) = it.next().unwrap();
+    assert_eq!((i, v.unwrap()), (1, 15));
+    std::fs::write(&gate, b"open").unwrap();
+    let (i, v) = it.next().unwrap();
+    assert_eq!((i, v.unwrap()), (0, 7));
+    assert!(it.next().is_none());
+    drop(it);
+    drop(refs);
+    // Many results, ready or not, failed or not: each index exactly once.
+    let mut refs: Vec<_> = (0..300).map(triple::remote).collect();
+    rt.get(&refs[0]).unwrap();
+    refs.push(fails_with::remote("no".to_string()));
+    let mut seen = vec![0; refs.len()];
+    for (i, v) in rayfork::as_completed(&refs) {
+        seen[i] += 1;
+        match v {
+            Ok(v) => assert_eq!(v, 3 * i as u64),
+            Err(e) => assert!(i == 300 && e.to_string().contains("no"), "{i}: {e}"),
+        }
+    }
+    assert!(seen.iter().all(|&n| n == 1), "{seen:?}");
+    drop(refs);
+    // Inside a task too.
+    let order = rt.get(&completion_order_inside::remote(50)).unwrap();
+    let mut sorted = order.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (0..50).collect::<Vec<_>>());
+    // Dropped half-way: the watch ends, nothing is left behind.
+    let refs: Vec<_> = (0..20).map(triple::remote).collect();
+    assert!(rayfork::as_completed(&refs).next().is_some());
+    assert!(refs[0].is_ready().is_ok());
+    drop(refs);
+    rayfork_tests::assert_runtime_drains(&rt, LIMIT);
+}
+
+#[test]
+fn is_ready_and_get_all_timeout_do_not_wait_for_a_blocked_task() {
+    let _w = watchdog("is_ready_and_get_all_timeout", LIMIT);
+    let rt = runtime();
+    let gate = rayfork_tests::fresh_path("is-ready", "gate");
+    let blocked = after_file::remote(gate.clone(), 1);
+    let done = triple::remote(1);
+    rt.get(&done).unwrap();
+    assert!(done.is_ready().unwrap());
+    assert!(!blocked.is_ready().unwrap());
+    let both = vec![done.clone(), blocked.clone()];
+    let e = rayfork::get_all_timeout(&both, Duration::from_millis(20)).unwrap_err();
+    assert!(matches!(e, Error::Timeout { .. }), "{e:?}");
+    std::fs::write(&gate, b"open").unwrap();
+    assert_eq!(rayfork::get_all_timeout(&both, LIMIT).unwrap(), vec![3, 1]);
+    assert!(blocked.is_ready().unwrap());
+}

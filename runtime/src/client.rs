@@ -63,6 +63,24 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
     /// Yields an item of the running generator task (scheduler rule 10); blocks while
     /// the stream is full. False once nobody takes the items: the generator stops.
     fn yield_item(&self, task: Id, item: Id) -> Result<bool>;
+    /// Sends a message that has no answer.
+    fn tell(&self, msg: FromWorker) -> Result<()>;
+    /// Starts following `ids` as watch `watch` (watches.rs in the scheduler).
+    fn watch(&self, watch: Id, ids: Vec<Id>) -> Result<()> {
+        self.tell(FromWorker::Watch { watch, ids })
+    }
+    /// Stops following a watch.
+    fn unwatch(&self, watch: Id) {
+        let _ = self.tell(FromWorker::Unwatch { watch });
+    }
+    /// The indices of the watch's objects that became ready since the last call; blocks until
+    /// there is one (or the timeout passes); empty once every one was handed out.
+    fn next_ready(&self, watch: Id, timeout_ms: Option<u64>) -> Result<Vec<u32>> {
+        match self.request(FromWorker::NextReady { watch, timeout_ms })? {
+            ToWorker::ReadyReply(r) => r,
+            other => Err(unexpected("ReadyReply", other)),
+        }
+    }
     /// The item at `index` of a generator's stream: `None` when it ended.
     fn next_item(&self, stream: Id, index: u64) -> Result<Option<Id>> {
         match self.request(FromWorker::NextItem { stream, index })? {

@@ -158,7 +158,7 @@
 //!
 //! # Map over chunks
 //! [`map`] submits one task per chunk of items (Flyte's map task with chunking: tasks big enough
-//! to be worth their overhead); [`map_batched`] runs one task per item with a bounded number in
+//! to be worth their overhead); [`map_each`] runs one task per item with a bounded number in
 //! flight, fetching results in batches as they finish (so the store never fills with unfetched
 //! results). Both take the generated `f::remote` and keep the items' order.
 //!
@@ -262,8 +262,12 @@ pub use cancel::{CancelMode, CancelOutcome, cancel, cancel_on_timeout, cancel_wi
 pub use config::Config;
 pub use error::{Error, Result};
 pub use generator::ObjectRefGenerator;
-pub use map::{map, map_batched};
-pub use object_ref::{ObjectRef, ReadyPending, get, get_all, get_timeout, put, wait};
+#[allow(deprecated)]
+pub use map::{map, map_batched, map_chunks, map_each};
+pub use object_ref::{
+    AsCompleted, ObjectRef, ReadyPending, as_completed, get, get_all, get_all_timeout, get_timeout,
+    put, wait,
+};
 pub use rayfork_macros::{actor, remote};
 pub use rayfork_plasma::{ObjectId, Pod};
 pub use runtime::Runtime;

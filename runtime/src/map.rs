@@ -1,5 +1,5 @@
-//! Mapping a remote function over many items: [`map`] (one task per chunk of items, Flyte's
-//! map task with chunking) and [`map_batched`] (one task per item, a bounded number in flight,
+//! Mapping a remote function over many items: [`map_chunks`] (one task per chunk of items, Flyte's
+//! map task with chunking) and [`map_each`] (one task per item, a bounded number in flight,
 //! results fetched in batches with `wait`, the advice of Ray's anti-pattern guide).
 //!
 //! Owns only the chunking and batching logic; both are plain loops over the public API
@@ -30,13 +30,13 @@ use crate::{Error, Result};
 /// fn main() -> rayfork::Result<()> {
 ///     let _rt = rayfork::Runtime::builder().start()?;
 ///     // 10 tasks of 1000 numbers each, instead of 10 000 tiny ones.
-///     let refs = rayfork::map(double_all::remote, 0..10_000u64, 1_000);
+///     let refs = rayfork::map_chunks(double_all::remote, 0..10_000u64, 1_000);
 ///     let doubled: Vec<u64> = rayfork::get_all(&refs)?.into_iter().flatten().collect();
 ///     assert_eq!(doubled[4_321], 8_642);
 ///     Ok(())
 /// }
 /// ```
-pub fn map<T, R>(
+pub fn map_chunks<T, R>(
     mut f: impl FnMut(Vec<T>) -> ObjectRef<R>,
     items: impl IntoIterator<Item = T>,
     chunk_size: usize,
@@ -59,8 +59,8 @@ pub fn map<T, R>(
 ///
 /// This is Ray's advice for "fetching too many objects at once": the object store never holds
 /// more than about `2 * batch_size` unfetched results, however many items there are. The first
-/// error (a task's, or a failed submission) is returned at once; tasks not started yet are
-/// dropped with their refs.
+/// error (a task's, or a failed submission) is returned at once; no more tasks are submitted,
+/// and those already submitted run to their end (their results are freed).
 ///
 /// ```no_run
 /// use rayfork::remote;
@@ -72,7 +72,7 @@ pub fn map<T, R>(
 ///
 /// fn main() -> rayfork::Result<()> {
 ///     let _rt = rayfork::Runtime::builder().start()?;
-///     let sums: Vec<u64> = rayfork::map_batched(big_result::remote, 0..1_000u64, 50)?
+///     let sums: Vec<u64> = rayfork::map_each(big_result::remote, 0..1_000u64, 50)?
 ///         .into_iter()
 ///         .map(|v| v.iter().sum())
 ///         .collect();
@@ -80,7 +80,7 @@ pub fn map<T, R>(
 ///     Ok(())
 /// }
 /// ```
-pub fn map_batched<T, R: DeserializeOwned>(
+pub fn map_each<T, R: DeserializeOwned>(
     mut f: impl FnMut(T) -> ObjectRef<R>,
     items: impl IntoIterator<Item = T>,
     batch_size: usize,
@@ -116,5 +116,28 @@ pub fn map_batched<T, R: DeserializeOwned>(
     }
     out.into_iter()
         .collect::<Option<Vec<R>>>()
-        .ok_or_else(|| Error::Protocol("map_batched lost a result".into()))
+        .ok_or_else(|| Error::Protocol("map_each lost a result".into()))
+}
+
+/// The old name of [`map_chunks`].
+#[deprecated(since = "0.2.0", note = "renamed `map_chunks` (one task per chunk)")]
+pub fn map<T, R>(
+    f: impl FnMut(Vec<T>) -> ObjectRef<R>,
+    items: impl IntoIterator<Item = T>,
+    chunk_size: usize,
+) -> Vec<ObjectRef<R>> {
+    map_chunks(f, items, chunk_size)
+}
+
+/// The old name of [`map_each`].
+#[deprecated(
+    since = "0.2.0",
+    note = "renamed `map_each` (one task per item, bounded in flight)"
+)]
+pub fn map_batched<T, R: DeserializeOwned>(
+    f: impl FnMut(T) -> ObjectRef<R>,
+    items: impl IntoIterator<Item = T>,
+    batch_size: usize,
+) -> Result<Vec<R>> {
+    map_each(f, items, batch_size)
 }

@@ -113,6 +113,25 @@ impl<T> ObjectRef<T> {
         self.handle.id
     }
 
+    /// True if the object is ready (its task finished or failed), without waiting.
+    ///
+    /// ```
+    /// #[rayfork::remote]
+    /// fn one() -> u64 { 1 }
+    ///
+    /// fn main() -> rayfork::Result<()> {
+    ///     let rt = rayfork::Runtime::builder().num_cpus(1).start()?;
+    ///     let r = one::remote();
+    ///     rt.get(&r)?;
+    ///     assert!(r.is_ready()?);
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn is_ready(&self) -> Result<bool> {
+        let flags = self.backend()?.wait(&[self.raw_id()], 1, Some(0))?;
+        Ok(flags.first().copied().unwrap_or(false))
+    }
+
     pub(crate) fn backend(&self) -> Result<&BackendRef> {
         self.handle.backend.as_ref().map_err(Clone::clone)
     }
@@ -173,12 +192,45 @@ fn get_timeout_opt<T: DeserializeOwned>(r: &ObjectRef<T>, t: Option<Duration>) -
 /// Waits for every object and returns their values in order; returns as soon as one of them
 /// fails, with its error (the first one in `refs`' order, if several failed by then).
 pub fn get_all<T: DeserializeOwned>(refs: &[ObjectRef<T>]) -> Result<Vec<T>> {
+    get_all_opt(refs, None)
+}
+
+/// Like [`get_all`], but gives up with [`Error::Timeout`] once `timeout` passes (the tasks go
+/// on).
+///
+/// ```
+/// #[rayfork::remote]
+/// fn nap(ms: u64) -> u64 {
+///     std::thread::sleep(std::time::Duration::from_millis(ms));
+///     ms
+/// }
+///
+/// fn main() -> rayfork::Result<()> {
+///     let _rt = rayfork::Runtime::builder().num_cpus(2).start()?;
+///     let refs = vec![nap::remote(1), nap::remote(60_000)];
+///     let e = rayfork::get_all_timeout(&refs, std::time::Duration::from_millis(50));
+///     assert!(matches!(e, Err(rayfork::Error::Timeout { .. })));
+///     rayfork::cancel(&refs[1])?;
+///     Ok(())
+/// }
+/// ```
+pub fn get_all_timeout<T: DeserializeOwned>(
+    refs: &[ObjectRef<T>],
+    timeout: Duration,
+) -> Result<Vec<T>> {
+    get_all_opt(refs, Some(timeout))
+}
+
+fn get_all_opt<T: DeserializeOwned>(
+    refs: &[ObjectRef<T>],
+    timeout: Option<Duration>,
+) -> Result<Vec<T>> {
     let Some(first) = refs.first() else {
         return Ok(Vec::new());
     };
     let b = first.backend()?;
     let ids: Vec<Id> = refs.iter().map(ObjectRef::raw_id).collect();
-    let vals = b.get(&ids, None)?;
+    let vals = b.get(&ids, millis(timeout))?;
     if vals.len() != ids.len() {
         return Err(Error::Protocol("get reply of the wrong length".into()));
     }
@@ -264,4 +316,128 @@ pub(crate) fn store_bytes(b: &BackendRef, id: Id, bytes: &[u8], contained: Vec<I
     let mut m = crate::array::ArrayMut::<u8>::with_len_in(b, id, bytes.len())?;
     m.copy_from_slice(bytes);
     m.seal_with(contained)
+}
+
+/// Yields the values of `refs` in the order their tasks finish, each with its index in `refs`;
+/// a failed one yields its error. The scheduler follows the refs once and hands out each
+/// result as it comes (no re-sending of the pending ones), so each result costs O(1). Dropping
+/// the iterator stops following; the tasks go on.
+///
+/// ```
+/// #[rayfork::remote]
+/// fn nap(ms: u64) -> u64 {
+///     std::thread::sleep(std::time::Duration::from_millis(ms));
+///     ms
+/// }
+///
+/// fn main() -> rayfork::Result<()> {
+///     let _rt = rayfork::Runtime::builder().num_cpus(2).start()?;
+///     let refs = vec![nap::remote(300), nap::remote(1)];
+///     for (i, v) in rayfork::as_completed(&refs) {
+///         println!("task {i} finished: {} ms", v?); // most likely task 1 first
+///     }
+///     Ok(())
+/// }
+/// ```
+pub fn as_completed<T: DeserializeOwned>(refs: &[ObjectRef<T>]) -> AsCompleted<'_, T> {
+    AsCompleted {
+        refs,
+        watch: None,
+        ready: std::collections::VecDeque::new(),
+        left: refs.len(),
+        yielded: vec![false; refs.len()],
+        failed: None,
+    }
+}
+
+/// The iterator of [`as_completed`].
+#[must_use = "an iterator does nothing unless iterated"]
+pub struct AsCompleted<'a, T> {
+    refs: &'a [ObjectRef<T>],
+    /// The watch id and its runtime, once started.
+    watch: Option<(Id, BackendRef)>,
+    /// Indices ready and not yet yielded.
+    ready: std::collections::VecDeque<u32>,
+    /// Results not yet yielded.
+    left: usize,
+    /// Which indices were yielded.
+    yielded: Vec<bool>,
+    /// A failure of the watch itself, yielded with every index not yielded yet.
+    failed: Option<Error>,
+}
+
+impl<T> fmt::Debug for AsCompleted<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsCompleted")
+            .field("refs", &self.refs.len())
+            .field("left", &self.left)
+            .finish()
+    }
+}
+
+impl<T: DeserializeOwned> AsCompleted<'_, T> {
+    /// Starts the watch, or says why it cannot be.
+    fn start(&mut self) -> Result<(Id, BackendRef)> {
+        if let Some(w) = &self.watch {
+            return Ok(w.clone());
+        }
+        let b = self.refs[0].backend()?.clone();
+        let watch = b.new_id();
+        b.watch(watch, self.refs.iter().map(ObjectRef::raw_id).collect())?;
+        self.watch = Some((watch, b.clone()));
+        Ok((watch, b))
+    }
+
+    fn next_index(&mut self) -> Result<u32> {
+        let (watch, b) = self.start()?;
+        while self.ready.is_empty() {
+            let got = b.next_ready(watch, None)?;
+            if got.is_empty() {
+                return Err(Error::Protocol("a watch ended with results left".into()));
+            }
+            self.ready.extend(got);
+        }
+        Ok(self.ready.pop_front().expect("not empty"))
+    }
+}
+
+impl<T: DeserializeOwned> Iterator for AsCompleted<'_, T> {
+    type Item = (usize, Result<T>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let index = match &self.failed {
+            Some(_) => Err(()),
+            None => self.next_index().map_err(|e| self.failed = Some(e)),
+        };
+        let i = match index {
+            Ok(i) if !self.yielded.get(i as usize).copied().unwrap_or(true) => i as usize,
+            Ok(i) => {
+                let e = Error::Protocol(format!("a watch handed out index {i} twice"));
+                self.failed = Some(e);
+                self.yielded.iter().position(|&y| !y)?
+            }
+            Err(()) => self.yielded.iter().position(|&y| !y)?,
+        };
+        self.yielded[i] = true;
+        match &self.failed {
+            Some(e) => Some((i, Err(e.clone()))),
+            None => Some((i, get(&self.refs[i]))),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl<T> Drop for AsCompleted<'_, T> {
+    fn drop(&mut self) {
+        if let Some((watch, b)) = self.watch.take() {
+            b.unwatch(watch);
+        }
+    }
 }

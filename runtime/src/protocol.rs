@@ -245,6 +245,8 @@ pub(crate) enum ToWorker {
     /// The answer to `NextItem`: the item's id (with a reference for the asker), `None` when
     /// the stream ended, or the generator's error.
     NextItemReply(Result<Option<Id>, Error>),
+    /// The indices of a watch's objects that became ready since the last answer.
+    ReadyReply(Result<Vec<u32>, Error>),
     /// The answer to `Create`.
     Created(Result<(u64, u64), Error>),
     /// The answer to `Cancel`.
@@ -286,6 +288,13 @@ pub(crate) enum FromWorker {
     Seal { id: Id, contained: Vec<Id> },
     /// Share an unsealed object this worker created as windows (one-way; scheduler rule 12).
     Share { id: Id },
+    /// Start following `ids` under the new id `watch` (one-way; watches.rs).
+    Watch { watch: Id, ids: Vec<Id> },
+    /// Block until some followed objects are ready (or the timeout passes), then
+    /// `ReadyReply` with their indices, each handed out once.
+    NextReady { watch: Id, timeout_ms: Option<u64> },
+    /// Stop following (one-way).
+    Unwatch { watch: Id },
     /// Drop an unsealed object this worker created (one-way).
     Abort { id: Id },
     /// The task on top of the stack finished.

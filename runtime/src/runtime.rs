@@ -50,6 +50,10 @@ impl DriverBackend {
 }
 
 impl Backend for DriverBackend {
+    fn tell(&self, msg: FromWorker) -> Result<()> {
+        self.one_way(msg)
+    }
+
     fn request(&self, msg: FromWorker) -> Result<ToWorker> {
         let (tx, rx) = channel();
         self.send(Event::Driver {

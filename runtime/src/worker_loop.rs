@@ -545,8 +545,12 @@ impl Backend for WorkerBackend {
     }
 
     fn share(&self, id: Id) -> Result<()> {
+        self.tell(FromWorker::Share { id })
+    }
+
+    fn tell(&self, msg: FromWorker) -> Result<()> {
         self.check_thread()?;
-        self.send(FromWorker::Share { id })
+        self.send(msg)
             .map_err(|e| Error::os("send to scheduler", e))
     }
 

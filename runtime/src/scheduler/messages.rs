@@ -64,6 +64,12 @@ impl Scheduler {
             }
             FromWorker::Seal { id, contained } => self.seal(slot, id, contained),
             FromWorker::Share { id } => self.share(slot, id),
+            FromWorker::Watch { watch, ids } => self.watch(slot, watch, ids),
+            FromWorker::Unwatch { watch } => self.unwatch(slot, watch),
+            FromWorker::NextReady { watch, timeout_ms } => {
+                let Some(k) = client.awaiting() else { return };
+                self.next_ready(k, watch, timeout_ms);
+            }
             FromWorker::Abort { id } => self.abort(slot, id),
             FromWorker::Get { ids, timeout_ms } => {
                 let Some(k) = client.awaiting() else { return };

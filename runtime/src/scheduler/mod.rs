@@ -47,6 +47,7 @@ mod requests;
 mod resources;
 mod streams;
 mod tasks;
+mod watches;
 
 pub(crate) use event::{Doorbell, Event, Health};
 
@@ -71,6 +72,8 @@ pub(crate) struct Scheduler {
     extra_of: IdMap<Id, Id>,
     /// Generator tasks' streams, by task id (scheduler rule 10).
     streams: IdMap<Id, Stream>,
+    /// Objects clients follow with `as_completed` (watches.rs).
+    watches: IdMap<Id, watches::Watch>,
     requests: IdMap<u64, Request>,
     next_request: u64,
     /// Request timeouts and cancel grace periods.
@@ -127,6 +130,7 @@ impl Scheduler {
             tasks: IdMap::default(),
             extra_of: IdMap::default(),
             streams: IdMap::default(),
+            watches: IdMap::default(),
             requests: IdMap::default(),
             next_request: 1,
             deadlines: Deadlines::default(),

@@ -79,6 +79,8 @@ impl Object {
 pub(super) enum Waiting {
     Request(u64),
     Task(Id),
+    /// Index `1` of watch `0` (watches.rs).
+    Watch(Id, u32),
 }
 
 impl Scheduler {
@@ -446,6 +448,8 @@ impl Scheduler {
                                 RequestKind::Next { .. } => r.missing == 0,
                                 // Only the caller taking items makes room.
                                 RequestKind::YieldRoom => false,
+                                // Registered on no object: its watch wakes it.
+                                RequestKind::Ready { .. } => false,
                             }
                         }
                         None => false,
@@ -454,6 +458,7 @@ impl Scheduler {
                         self.complete_request(rid, None);
                     }
                 }
+                Waiting::Watch(watch, index) => self.watched_ready(watch, index),
             }
         }
     }

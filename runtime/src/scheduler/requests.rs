@@ -24,6 +24,10 @@ pub(super) enum RequestKind {
     },
     /// A generator waits for room in its stream `ids[0]` (scheduler rule 10).
     YieldRoom,
+    /// The next ready objects of a watch (watches.rs); `ids` is empty.
+    Ready {
+        watch: Id,
+    },
 }
 
 pub(super) struct Request {
@@ -80,7 +84,7 @@ impl Scheduler {
         ids: Vec<Id>,
         kind: RequestKind,
         timeout_ms: Option<u64>,
-    ) {
+    ) -> Option<u64> {
         let missing = ids.iter().filter(|&&i| !self.is_ready(i)).count();
         let satisfied = match kind {
             // As soon as one fails (as Ray's `get` of a list).
@@ -88,11 +92,13 @@ impl Scheduler {
             RequestKind::Wait { need } => ids.len() - missing >= need,
             RequestKind::Next { index } => missing == 0 || self.has_item(ids[0], index),
             RequestKind::YieldRoom => self.streams.get(&ids[0]).is_none_or(Stream::has_room),
+            RequestKind::Ready { watch } => self.has_ready(watch),
         };
         if satisfied {
             // Answered at once: the frame never blocks and keeps its CPUs.
             let answer = self.answer_to(&client, &ids, &kind, None);
-            return self.reply(&client, answer);
+            self.reply(&client, answer);
+            return None;
         }
         let rid = self.next_request;
         self.next_request += 1;
@@ -132,11 +138,13 @@ impl Scheduler {
                 .and_then(|w| w.stack.last_mut())
             else {
                 self.requests.remove(&rid);
-                return self.kill_worker(slot, "get outside a task");
+                self.kill_worker(slot, "get outside a task");
+                return None;
             };
             if f.blocked.is_some() {
                 self.requests.remove(&rid);
-                return self.kill_worker(slot, "a second request while blocked in one");
+                self.kill_worker(slot, "a second request while blocked in one");
+                return None;
             }
             f.blocked = Some(rid);
             let cpus = f.cpus;
@@ -145,8 +153,10 @@ impl Scheduler {
             // have been claimed, the worker's stack is not empty.
             if self.take_back_all(slot) > 0 {
                 self.kill_worker(slot, "claimed a queued task while a frame was on its stack");
+                return None;
             }
         }
+        Some(rid)
     }
 
     /// Acts on the deadlines that passed.
@@ -193,6 +203,8 @@ impl Scheduler {
                     ToWorker::YieldAck
                 }
             }
+            // `answer_to` takes the ready indices (this view cannot).
+            RequestKind::Ready { .. } => ToWorker::ReadyReply(Ok(Vec::new())),
         }
     }
 
@@ -205,6 +217,15 @@ impl Scheduler {
         kind: &RequestKind,
         timed_out: Option<u64>,
     ) -> ToWorker {
+        if let RequestKind::Ready { watch } = *kind {
+            return ToWorker::ReadyReply(match timed_out {
+                Some(millis) => {
+                    self.take_ready_request(watch);
+                    Err(Error::Timeout { millis })
+                }
+                None => Ok(self.take_ready(watch)),
+            });
+        }
         let mut answer = self.answer(ids, kind, timed_out);
         if let ToWorker::GetReply(Ok(values)) = &mut answer {
             // Read-once values go to their first taker only (scheduler rule 12).

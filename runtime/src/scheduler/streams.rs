@@ -123,12 +123,13 @@ impl Scheduler {
         if st.abandoned {
             // Nobody takes it; the answer to the `YieldRoom` below tells the generator to stop.
             self.add_ref(item, -1);
-            return self.request(
+            self.request(
                 Requester::Worker(slot),
                 vec![task],
                 RequestKind::YieldRoom,
                 None,
             );
+            return;
         }
         st.items.push(Some(item));
         let len = st.items.len() as u64;
