@@ -301,3 +301,167 @@ fn a_restartable_task_runs_again_after_a_crash() {
     assert_eq!(runs(&path), 2);
     assert!(a.iter().all(|&x| x == 7));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Regressions found by an adversarial review: each gave two writers of one range, a wrong
+// result, or a leak.
+
+/// Two windows as two arguments: writes one, reads the other.
+#[remote]
+fn two(mut a: Window<i64>, b: Window<i64>) -> i64 {
+    a[0] = 42;
+    b[0]
+}
+
+/// Takes a window as an argument and also gets the same ref.
+#[remote]
+fn arg_and_get(a: Window<i64>, r: ObjectRef<Window<i64>>) -> rayfork::Result<usize> {
+    let b = rayfork::get(&r)?;
+    Ok(a.len() + b.len())
+}
+
+#[remote]
+fn boom() -> Window<i64> {
+    panic!("boom")
+}
+
+#[test]
+fn one_window_is_never_given_twice_to_one_task_or_lost_to_a_failed_read() {
+    let _w = watchdog("one_window_is_never_given_twice", LIMIT);
+    let rt = runtime();
+    let window = || {
+        let w = ArrayMut::from_fn(10, |i| i as i64)
+            .unwrap()
+            .into_window()
+            .unwrap();
+        add::remote(w, 0)
+    };
+    // The same ref as two arguments.
+    let r = window();
+    assert!(matches!(
+        rt.get(&two::remote(&r, &r)),
+        Err(Error::WindowTaken { .. })
+    ));
+    drop(r);
+    // As an argument and by a get in the same run.
+    let r = window();
+    let e = rt.get(&arg_and_get::remote(&r, r.clone())).unwrap_err();
+    assert!(e.to_string().contains("writable window"), "{e}");
+    drop(r);
+    // A get_all that fails (another ref failed, or the same ref twice) takes nothing: the
+    // window is still there for a later get.
+    let r = window();
+    let bad = boom::remote();
+    assert!(rt.get_all(&[r.clone(), bad.clone()]).is_err());
+    assert!(matches!(
+        rt.get_all(&[r.clone(), r.clone()]),
+        Err(Error::WindowTaken { .. })
+    ));
+    // A task that never runs because another argument failed takes nothing either.
+    assert!(rt.get(&two::remote(&r, &bad)).is_err());
+    assert_eq!(rt.get(&r).unwrap().range(), 0..10);
+    drop((r, bad));
+    rayfork_tests::assert_runtime_drains(&rt, LIMIT);
+}
+
+/// First run: gives its window to a child and fails; a retry would share the range with it.
+#[remote]
+fn give_then_fail(w: Window<i64>, path: String) -> Result<Window<i64>, String> {
+    let first = runs(&path) == 0;
+    note_run(&path);
+    if first {
+        let _ = add::remote(w, 1);
+        return Err("flaky".into());
+    }
+    Ok(w)
+}
+
+#[test]
+fn retry_exceptions_never_reruns_a_task_that_gave_its_window_away() {
+    let _w = watchdog("retry_exceptions_never_reruns", LIMIT);
+    let rt = runtime();
+    let path = fresh_path("window-retry-exceptions", "runs");
+    let w = ArrayMut::<i64>::zeroed(10).unwrap().into_window().unwrap();
+    let r = give_then_fail::options()
+        .retry_exceptions(true)
+        .max_retries(2)
+        .remote(w, path.clone());
+    let e = rt.get(&r).unwrap_err();
+    assert!(e.to_string().contains("flaky"), "{e}");
+    assert_eq!(runs(&path), 1);
+    drop(r);
+    rayfork_tests::assert_runtime_drains(&rt, LIMIT);
+}
+
+#[remote]
+fn with_blob(w: Window<i64>, blob: Vec<u8>) -> usize {
+    w.len() + blob.len()
+}
+
+#[remote]
+fn window_and_blob(w: Window<i64>) -> (Window<i64>, Vec<u8>) {
+    (w, vec![1u8; 16 << 20])
+}
+
+#[test]
+fn a_call_or_a_result_that_does_not_fit_gives_its_windows_back() {
+    let _w = watchdog("a_call_or_a_result_that_does_not_fit", LIMIT);
+    let rt = Runtime::builder()
+        .num_cpus(2)
+        .store_capacity(8 << 20)
+        .start()
+        .unwrap();
+    let w = ArrayMut::from_fn(1000, |i| i as i64)
+        .unwrap()
+        .into_window()
+        .unwrap();
+    // The second argument does not fit in the store: the first one's reference goes back.
+    let r = with_blob::remote(w, vec![0u8; 16 << 20]);
+    assert!(matches!(rt.get(&r), Err(Error::StoreFull { .. })));
+    drop(r);
+    rayfork_tests::assert_runtime_drains(&rt, LIMIT);
+    // The result does not fit: the window it held goes back.
+    let w = ArrayMut::from_fn(1000, |i| i as i64)
+        .unwrap()
+        .into_window()
+        .unwrap();
+    let r = window_and_blob::remote(w);
+    assert!(rt.get(&r).is_err());
+    drop(r);
+    rayfork_tests::assert_runtime_drains(&rt, LIMIT);
+}
+
+#[test]
+fn a_window_of_another_runtime_is_refused_not_written_into_this_one() {
+    let _w = watchdog("a_window_of_another_runtime_is_refused", LIMIT);
+    let rt1 = runtime();
+    let rt2 = runtime();
+    let x = rt2.put_array(&[100i64; 10]).unwrap();
+    rt1.enter();
+    let w = ArrayMut::<i64>::zeroed(10).unwrap().into_window().unwrap();
+    rt2.enter();
+    let e = rt2.get(&add::remote(w, 1)).unwrap_err();
+    assert!(matches!(e, Error::ObjectNotFound { .. }), "{e:?}");
+    assert_eq!(&x[..], &[100i64; 10]);
+}
+
+#[remote]
+fn seal_it(w: Window<i64>) -> rayfork::Result<usize> {
+    Ok(w.seal()?.len())
+}
+
+#[test]
+fn the_two_whole_windows_of_an_empty_array_both_seal() {
+    let _w = watchdog("the_two_whole_windows_of_an_empty_array", LIMIT);
+    let rt = runtime();
+    let (a, b) = ArrayMut::<i64>::zeroed(0)
+        .unwrap()
+        .into_window()
+        .unwrap()
+        .split_at(0);
+    assert!(a.is_whole() && b.is_whole());
+    assert_eq!(a.seal().unwrap().len(), 0);
+    assert_eq!(rt.get(&seal_it::remote(b)).unwrap(), 0);
+    assert_eq!(rt.stats().unwrap().workers_died, 0);
+    rayfork_tests::assert_runtime_drains(&rt, LIMIT);
+}

@@ -312,8 +312,17 @@ pub(crate) fn put_with<T: Serialize>(b: &BackendRef, value: &T) -> Result<Object
 
 /// Writes an encoded value into a new sealed store object `id`; its one reference stays with
 /// the caller (the new handle, or the task that takes it as an argument).
+/// On failure the references `contained` held are given back.
 pub(crate) fn store_bytes(b: &BackendRef, id: Id, bytes: &[u8], contained: Vec<Id>) -> Result<()> {
-    let mut m = crate::array::ArrayMut::<u8>::with_len_in(b, id, bytes.len())?;
+    let mut m = match crate::array::ArrayMut::<u8>::with_len_in(b, id, bytes.len()) {
+        Ok(m) => m,
+        Err(e) => {
+            for c in contained {
+                b.ref_op(c, -1);
+            }
+            return Err(e);
+        }
+    };
     m.copy_from_slice(bytes);
     m.seal_with(contained)
 }

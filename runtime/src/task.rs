@@ -249,20 +249,51 @@ pub struct SubmitCx {
 /// An argument ready to submit (opaque).
 #[doc(hidden)]
 #[derive(Debug)]
-pub struct ArgSpec(pub(crate) Arg);
+pub struct ArgSpec {
+    arg: Option<Arg>,
+    b: BackendRef,
+}
+
+impl ArgSpec {
+    fn new(arg: Arg, b: &BackendRef) -> ArgSpec {
+        ArgSpec {
+            arg: Some(arg),
+            b: b.clone(),
+        }
+    }
+
+    /// The argument, for the task spec: its references now belong to the task.
+    fn into_arg(mut self) -> Option<Arg> {
+        self.arg.take()
+    }
+}
+
+impl Drop for ArgSpec {
+    /// An argument that never reached a task (a later one failed) gives its references back.
+    fn drop(&mut self) {
+        let ids = match self.arg.take() {
+            Some(Arg::Ref(id)) => vec![id],
+            Some(Arg::Value { contained, .. }) => contained,
+            None => return,
+        };
+        for id in ids {
+            self.b.ref_op(id, -1);
+        }
+    }
+}
 
 impl<T: Serialize> IntoArg<T> for T {
     fn into_arg(self, cx: &SubmitCx) -> Result<ArgSpec> {
         let b = &cx.b;
         let (bytes, contained) = client::encode_moved_with_refs(b, &self)?;
         if bytes.len() <= b.inline_max() {
-            return Ok(ArgSpec(Arg::Value { bytes, contained }));
+            return Ok(ArgSpec::new(Arg::Value { bytes, contained }, b));
         }
         // Large: through the store, as Ray does.
         let id = b.new_id();
         crate::object_ref::store_bytes(b, id, &bytes, contained)?;
         // The store object's reference moves to the task.
-        Ok(ArgSpec(Arg::Ref(id)))
+        Ok(ArgSpec::new(Arg::Ref(id), b))
     }
 }
 
@@ -278,7 +309,7 @@ impl<T> IntoArg<T> for &ObjectRef<T> {
         self.backend()?;
         // The task's own reference (rule 4 in protocol.rs).
         b.ref_op(self.raw_id(), 1);
-        Ok(ArgSpec(Arg::Ref(self.raw_id())))
+        Ok(ArgSpec::new(Arg::Ref(self.raw_id()), b))
     }
 }
 
@@ -312,7 +343,7 @@ pub(crate) fn submit_call<R>(
     let spec = TaskSpec {
         ret,
         func: func.to_string(),
-        args: args.into_iter().map(|a| a.0).collect(),
+        args: args.into_iter().filter_map(ArgSpec::into_arg).collect(),
         opts: opts.clone(),
         extra: Vec::new(),
         actor,
@@ -367,7 +398,7 @@ pub fn submit_many(
     let spec = TaskSpec {
         ret: ids[0],
         func: func.to_string(),
-        args: args.into_iter().map(|a| a.0).collect(),
+        args: args.into_iter().filter_map(ArgSpec::into_arg).collect(),
         opts: options.opts.clone(),
         extra: ids[1..].to_vec(),
         actor: None,

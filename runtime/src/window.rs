@@ -255,6 +255,8 @@ struct Wire {
     len: u64,
     start: u64,
     end: u64,
+    /// The element size in bytes: a window decodes only as the type it was made of.
+    elem: u32,
 }
 
 impl<T: Pod> Serialize for Window<T> {
@@ -273,6 +275,7 @@ impl<T: Pod> Serialize for Window<T> {
             len: self.array.desc.len,
             start: self.start as u64,
             end: self.end as u64,
+            elem: std::mem::size_of::<T>() as u32,
         }
         .serialize(s)
     }
@@ -282,6 +285,13 @@ impl<'de, T: Pod> Deserialize<'de> for Window<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         use serde::de::Error as _;
         let w = Wire::deserialize(d)?;
+        if w.elem as usize != std::mem::size_of::<T>() {
+            return Err(D::Error::custom(format!(
+                "a Window of {}-byte elements decoded as one of {}-byte elements",
+                w.elem,
+                std::mem::size_of::<T>()
+            )));
+        }
         let backend = client::decode_ctx()
             .ok_or_else(|| D::Error::custom("a Window decoded outside a runtime"))?;
         let desc = Descriptor {

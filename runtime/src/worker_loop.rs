@@ -376,7 +376,13 @@ impl WorkerBackend {
                 contained,
             } if bytes.len() > self.inline_max => match self.store_result(task, &bytes) {
                 Ok(payload) => Outcome::Ok { payload, contained },
-                Err(e) => Outcome::Err(e),
+                Err(e) => {
+                    // The result is lost: the references it held go back.
+                    for c in contained {
+                        self.ref_op(c, -1);
+                    }
+                    Outcome::Err(e)
+                }
             },
             other => other,
         }

@@ -304,11 +304,17 @@ impl Scheduler {
         // Calls to run again go back to the front, in their order (scheduler rule 8).
         let mut again = Vec::new();
         for f in stack.iter().filter(|f| f.task != id) {
-            let retry = will_restart
-                && self
-                    .tasks
-                    .get(&f.task)
-                    .is_some_and(|t| t.attempts <= retries);
+            let call = self.tasks.get(&f.task);
+            if call.is_some_and(|t| !t.may_run_again()) {
+                // It held a writable window: what it wrote is unspecified (scheduler rule 12).
+                let err = Error::WindowLost {
+                    task: call.map(|t| t.name.clone()).unwrap_or_default(),
+                    cause: cause.to_string(),
+                };
+                self.finish_task(f.task, Err(err));
+                continue;
+            }
+            let retry = will_restart && call.is_some_and(|t| t.attempts <= retries);
             if retry {
                 if let Some(t) = self.tasks.get_mut(&f.task) {
                     t.state = TaskState::Ready;

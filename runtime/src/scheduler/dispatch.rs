@@ -179,28 +179,6 @@ impl Scheduler {
         let Some(t) = self.tasks.get(&id) else {
             return Err(Error::Protocol(format!("task {id:x} is unknown")));
         };
-        let taker = Taker {
-            task: Some(id),
-            attempt: t.attempts,
-        };
-        let refs: Vec<Id> = t
-            .spec
-            .args
-            .iter()
-            .filter_map(|a| match a {
-                Arg::Ref(r) => Some(*r),
-                Arg::Value { .. } => None,
-            })
-            .collect();
-        for r in refs {
-            // A read-once argument goes to this task only (scheduler rule 12).
-            if self.is_ready(r) && !self.is_failed(r) {
-                self.take(r, taker, true)?;
-            }
-        }
-        let Some(t) = self.tasks.get(&id) else {
-            return Err(Error::Protocol(format!("task {id:x} is unknown")));
-        };
         for a in &t.spec.args {
             match a {
                 Arg::Value { bytes, .. } => args.push(Payload::Inline(bytes.clone())),
@@ -218,6 +196,21 @@ impl Scheduler {
         if let Some(e) = failed {
             return Err(e);
         }
+        // Read-once arguments go to this task only, for the run about to start (scheduler
+        // rule 12); checked after the failures, so a task that will not run takes nothing.
+        let taker = Taker {
+            task: Some(id),
+            attempt: t.runs + 1,
+        };
+        let refs: Vec<Id> = t
+            .spec
+            .args
+            .iter()
+            .filter_map(|a| match a {
+                Arg::Ref(r) => Some(*r),
+                Arg::Value { .. } => None,
+            })
+            .collect();
         let run = RunTask {
             task: id,
             func: t.spec.func.clone(),
@@ -227,7 +220,9 @@ impl Scheduler {
             gpus: Vec::new(),
             moved: Vec::new(),
         };
-        if matches!(t.spec.actor, Some(ActorCall::Create { .. })) {
+        let ctor = matches!(t.spec.actor, Some(ActorCall::Create { .. }));
+        self.take(&refs, taker, true)?;
+        if ctor {
             self.keep_ctor(id, &run.args);
         }
         Ok(run)
@@ -240,6 +235,7 @@ impl Scheduler {
         };
         let t = self.tasks.get_mut(&id).expect("run_message found it");
         t.attempts += 1;
+        t.runs += 1;
         // Its last attempt: the arguments' references move to the worker (scheduler rule 13).
         let moved: Vec<Id> = if t.attempts > t.spec.opts.max_retries && t.spec.actor.is_none() {
             t.args_moved = true;

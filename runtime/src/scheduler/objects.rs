@@ -305,22 +305,33 @@ impl Scheduler {
             .is_some_and(|o| o.mem == Mem::Windows || o.reads != Reads::Many)
     }
 
-    /// Gives the value of `id` to `taker` if its reads allow (scheduler rule 12): a read-once
-    /// object goes to one taker; the same task may take it again as an argument (`as_arg`: it
-    /// is re-sent when the task is re-dispatched) or by `get` in a later attempt.
-    pub(super) fn take(&mut self, id: Id, taker: Taker, as_arg: bool) -> Result<(), Error> {
-        let Some(o) = self.objects.get_mut(&id) else {
+    /// Gives the values of `ids` to `taker` if their reads allow, all or none (scheduler rule
+    /// 12): a read-once object goes to one taker; the same task may take it again as an
+    /// argument (`as_arg`: it is re-sent when the task is re-dispatched) or by `get` in a
+    /// later run. An id named twice is refused if read-once (two windows over one range).
+    pub(super) fn take(&mut self, ids: &[Id], taker: Taker, as_arg: bool) -> Result<(), Error> {
+        let once: Vec<Id> = ids
+            .iter()
+            .copied()
+            .filter(|id| self.objects.get(id).is_some_and(|o| o.reads != Reads::Many))
+            .collect();
+        if once.is_empty() {
             return Ok(());
-        };
-        let Reads::Once { taken } = &mut o.reads else {
-            return Ok(());
-        };
-        match *taken {
-            Some(t)
-                if !(t.task.is_some()
-                    && t.task == taker.task
-                    && (as_arg || t.attempt < taker.attempt)) =>
-            {
+        }
+        for (i, &id) in once.iter().enumerate() {
+            if once[..i].contains(&id) {
+                return Err(Error::WindowTaken {
+                    id,
+                    taker: "the same call (it names the object twice)".to_string(),
+                });
+            }
+            let Some(Reads::Once { taken: Some(t) }) = self.objects.get(&id).map(|o| o.reads)
+            else {
+                continue;
+            };
+            let again =
+                t.task.is_some() && t.task == taker.task && (as_arg || t.attempt < taker.attempt);
+            if !again {
                 let taker = match t.task.and_then(|task| self.tasks.get(&task)) {
                     Some(task) => format!("task {}", task.name),
                     None if t.task.is_some() => "a task that has ended".to_string(),
@@ -328,7 +339,11 @@ impl Scheduler {
                 };
                 return Err(Error::WindowTaken { id, taker });
             }
-            _ => *taken = Some(taker),
+        }
+        for id in once {
+            if let Some(o) = self.objects.get_mut(&id) {
+                o.reads = Reads::Once { taken: Some(taker) };
+            }
         }
         if let Some(t) = taker.task.and_then(|task| self.tasks.get_mut(&task)) {
             t.holds_window = true;
@@ -343,13 +358,16 @@ impl Scheduler {
             .and_then(|s| self.pool.workers.get(&s))
             .and_then(|w| w.stack.last())
             .map(|f| f.task);
-        let attempt = task
-            .and_then(|t| self.tasks.get(&t))
-            .map_or(0, |t| t.attempts);
+        let attempt = task.and_then(|t| self.tasks.get(&t)).map_or(0, |t| t.runs);
         Taker { task, attempt }
     }
 
     pub(super) fn seal(&mut self, slot: Option<u32>, id: Id, contained: Vec<Id>) {
+        let sealed = self.objects.get(&id).is_some_and(|o| o.mem == Mem::Sealed);
+        if sealed && contained.is_empty() && self.holds(slot, id) {
+            // A second "whole" window of an empty array sealed it already: nothing to do.
+            return;
+        }
         if !self.may_seal(slot, id) {
             return self.bad(slot, "seal of an object it did not create");
         }

@@ -173,6 +173,7 @@ impl Scheduler {
         self.stats.pipelined += 1;
         if let Some(t) = self.tasks.get_mut(&q.task) {
             t.attempts += 1;
+            t.runs += 1;
             t.state = TaskState::Running {
                 slot,
                 cancel_requested: false,

@@ -228,13 +228,13 @@ impl Scheduler {
         }
         let mut answer = self.answer(ids, kind, timed_out);
         if let ToWorker::GetReply(Ok(values)) = &mut answer {
-            // Read-once values go to their first taker only (scheduler rule 12).
-            let taker = self.taker_of(client.slot());
-            for (&id, value) in ids.iter().zip(values.iter_mut()) {
-                if matches!(value, Resolved::Value(_)) {
-                    if let Err(e) = self.take(id, taker, false) {
-                        *value = Resolved::Error(e);
-                    }
+            // Read-once values go to their first taker only (scheduler rule 12), and only when
+            // the caller gets every value: a reply with an error gives the caller none of them.
+            let delivered = values.iter().all(|v| matches!(v, Resolved::Value(_)));
+            if delivered {
+                let taker = self.taker_of(client.slot());
+                if let Err(e) = self.take(ids, taker, false) {
+                    *values = vec![Resolved::Error(e); ids.len()];
                 }
             }
         }

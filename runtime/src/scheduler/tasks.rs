@@ -63,6 +63,9 @@ pub(super) struct Task {
     pub(super) state: TaskState,
     /// Attempts started, the current one included.
     pub(super) attempts: u32,
+    /// Runs started, each counted once (an attempt given back is a new run): who took a
+    /// read-once object, and when (scheduler rule 12).
+    pub(super) runs: u32,
     /// The task on whose frame it was submitted, for a recursive cancel.
     pub(super) parent: Option<Id>,
     /// It was given a writable window: as an argument, or by a `get` (scheduler rule 12).
@@ -86,6 +89,7 @@ impl Task {
             name,
             state,
             attempts: 0,
+            runs: 0,
             parent,
             holds_window: false,
             gave_window: false,
@@ -100,10 +104,18 @@ impl Task {
         }
     }
 
-    /// True if a failed attempt may be tried again (scheduler rule 4): attempts remain, and
-    /// it is not a generator (scheduler rule 10).
+    /// True if a failed attempt may be tried again (scheduler rule 4): attempts remain, it is
+    /// not a generator (scheduler rule 10), and no window forbids it (scheduler rule 12).
     pub(super) fn may_retry(&self) -> bool {
-        self.attempts <= self.spec.opts.max_retries && self.spec.opts.streaming.is_none()
+        self.attempts <= self.spec.opts.max_retries
+            && self.spec.opts.streaming.is_none()
+            && self.may_run_again()
+    }
+
+    /// False if it held a writable window and may not run again (scheduler rule 12): it was
+    /// not declared restartable, or it gave a window to a task of its own.
+    pub(super) fn may_run_again(&self) -> bool {
+        !self.holds_window || (self.spec.opts.restartable && !self.gave_window)
     }
 }
 
@@ -152,6 +164,18 @@ impl Scheduler {
         let name = spec.opts.name.as_deref().unwrap_or(&spec.func);
         let holds_window = spec.arg_ids().any(|c| self.is_window(c));
         let mut never = self.res.never_fits(name, &spec.opts);
+        // A value that mentions an object this runtime does not have (an `Array` or `Window`
+        // of another runtime, whose offsets mean nothing here) fails the task, as a ref would.
+        let foreign = spec.args.iter().find_map(|a| match a {
+            Arg::Value { contained, .. } => contained
+                .iter()
+                .copied()
+                .find(|c| !self.objects.contains_key(c)),
+            Arg::Ref(_) => None,
+        });
+        if let Some(c) = foreign {
+            never = Some(self.not_found(c));
+        }
         if holds_window && matches!(spec.actor, Some(ActorCall::Create { .. })) {
             never = Some(Error::InvalidArgument(format!(
                 "actor {name} was given a writable window: an actor's constructor may run again \
@@ -215,7 +239,7 @@ impl Scheduler {
         };
         if t.state.is_cancel_requested() {
             AfterLoss::Cancelled
-        } else if t.holds_window && (t.gave_window || !t.spec.opts.restartable) {
+        } else if !t.may_run_again() {
             AfterLoss::WindowLost
         } else if self.cancel.killed.contains(&slot) {
             // Its arguments were moved to its worker (scheduler rule 13): it can run again
