@@ -249,6 +249,38 @@ fn a_failing_constructor_fails_every_call() {
     assert_eq!(rt.get(&ok.get()).unwrap(), 2);
 }
 
+/// An actor whose constructor returns `Err` on bad input.
+pub struct Careful(u32);
+
+#[rayfork::actor]
+impl Careful {
+    /// Refuses zero.
+    pub fn new(v: u32) -> Result<Self, String> {
+        if v == 0 {
+            return Err("zero is not a size".to_string());
+        }
+        Ok(Careful(v))
+    }
+
+    /// Its value.
+    pub fn get(&self) -> u32 {
+        self.0
+    }
+}
+
+#[test]
+fn a_constructor_returning_err_fails_the_actor_with_its_message() {
+    let _w = watchdog("a_constructor_returning_err_fails_the_actor", LIMIT);
+    let rt = runtime();
+    let bad = Careful::remote(0u32);
+    let e = bad.ready().unwrap_err();
+    assert!(e.to_string().contains("zero is not a size"), "{e}");
+    let e = rt.get(&bad.get()).unwrap_err();
+    assert!(e.to_string().contains("zero is not a size"), "{e}");
+    let good = Careful::remote(7u32);
+    assert_eq!(rt.get(&good.get()).unwrap(), 7);
+}
+
 /// An actor whose constructor panics on bad input.
 pub struct Picky(i64);
 

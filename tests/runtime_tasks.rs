@@ -516,3 +516,20 @@ fn is_ready_and_get_all_timeout_do_not_wait_for_a_blocked_task() {
     assert_eq!(rayfork::get_all_timeout(&both, LIMIT).unwrap(), vec![3, 1]);
     assert!(blocked.is_ready().unwrap());
 }
+
+/// `#[remote]` inside a function body (a test, a doctest without `main`) works as at module
+/// level.
+#[test]
+fn a_remote_function_defined_in_a_function_body_runs() {
+    #[remote]
+    fn local_double(x: u64) -> u64 {
+        2 * x
+    }
+    let _w = watchdog("a_remote_function_defined_in_a_function_body_runs", LIMIT);
+    let rt = runtime();
+    assert_eq!(rt.get(&local_double::remote(21)).unwrap(), 42);
+    let r = local_double::options()
+        .max_retries(0)
+        .remote(local_double::remote(1));
+    assert_eq!(rt.get(&r).unwrap(), 4);
+}

@@ -202,6 +202,22 @@ pub fn __store<A: 'static>(inv: &Invocation<'_>, state: A) -> Outcome {
     crate::task::finish(inv, inv.task)
 }
 
+/// Stores the state a fallible constructor made, or fails the constructor with its error's
+/// message (in its worker).
+#[doc(hidden)]
+pub fn __store_result<A: 'static, E: std::fmt::Display>(
+    inv: &Invocation<'_>,
+    state: std::result::Result<A, E>,
+) -> Outcome {
+    match state {
+        Ok(state) => __store(inv, state),
+        Err(e) => Outcome::Err(Error::TaskFailed {
+            task: inv.name.to_string(),
+            message: e.to_string(),
+        }),
+    }
+}
+
 /// Runs `f` on the state of the actor named by the call's first argument (in its worker).
 #[doc(hidden)]
 pub fn __with_state<A: 'static, R>(inv: &Invocation<'_>, f: impl FnOnce(&mut A) -> R) -> Result<R> {

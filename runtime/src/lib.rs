@@ -280,7 +280,9 @@ pub use window::{JoinError, Window};
 #[doc(hidden)]
 pub mod __private {
     pub use crate::__task_option_setters as task_option_setters;
-    pub use crate::actor::{__store as actor_store, __with_state as actor_state};
+    pub use crate::actor::{
+        __store as actor_store, __store_result as actor_store_result, __with_state as actor_state,
+    };
     pub use crate::generator::{finish_stream, submit_stream};
     pub use crate::protocol::Outcome;
     pub use crate::registry::{Invocation, REMOTE_FNS, RemoteFn};

@@ -145,6 +145,32 @@ pub struct ActorWithoutNew;
 /// ```
 pub struct ActorBorrowedArgument;
 
+/// An actor constructor that returns neither `Self` nor `Result<Self, E>`.
+///
+/// ```compile_fail
+/// struct Counter(u64);
+/// #[rayfork::actor]
+/// impl Counter {
+///     fn new() -> Option<Self> { Some(Counter(0)) }
+///     fn get(&self) -> u64 { self.0 }
+/// }
+/// fn main() {}
+/// ```
+pub struct ActorNewReturnsOption;
+
+/// An async actor method (it used to be skipped silently).
+///
+/// ```compile_fail
+/// struct Counter(u64);
+/// #[rayfork::actor]
+/// impl Counter {
+///     fn new() -> Self { Counter(0) }
+///     async fn get(&self) -> u64 { self.0 }
+/// }
+/// fn main() {}
+/// ```
+pub struct ActorAsyncMethod;
+
 /// Every misuse above, fixed: this compiles.
 ///
 /// ```no_run
@@ -173,6 +199,12 @@ pub struct ActorBorrowedArgument;
 ///     fn new() -> Self { Counter(0) }
 ///     fn get(&self) -> u64 { self.0 }
 ///     fn add(&mut self, by: u64) -> u64 { self.0 += by; self.0 }
+/// }
+/// struct Bounded(u64);
+/// #[rayfork::actor]
+/// impl Bounded {
+///     fn new(n: u64) -> Result<Self, String> { Ok(Bounded(n)) }
+///     fn get(&self) -> u64 { self.0 }
 /// }
 /// fn main() {}
 /// ```

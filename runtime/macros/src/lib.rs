@@ -272,7 +272,7 @@ fn expand(
                         Ok(vec![#(::rayfork::IntoArg::<#arg_tys>::into_arg(#args, _cx)?),*])
                     })
                 },
-                quote!(#p::finish_stream(&inv, super::#name(#(#args),*))),
+                quote!(#p::finish_stream(&inv, #name(#(#args),*))),
             )
         }
         None => (
@@ -282,17 +282,17 @@ fn expand(
                     Ok(vec![#(::rayfork::IntoArg::<#arg_tys>::into_arg(#args, _cx)?),*])
                 })
             },
-            quote!(#p::#finish(&inv, super::#name(#(#args),*))),
+            quote!(#p::#finish(&inv, #name(#(#args),*))),
         ),
         Some((elems, fallible)) => {
             let k = elems.len();
             let vals: Vec<_> = (0..k).map(|i| format_ident!("__v{}", i)).collect();
             let nexts = (0..k).map(|_| quote!(__r.next()));
             let result = if *fallible {
-                quote!(super::#name(#(#args),*))
+                quote!(#name(#(#args),*))
             } else {
                 quote!(::core::result::Result::<_, ::core::convert::Infallible>::Ok(
-                    super::#name(#(#args),*)
+                    #name(#(#args),*)
                 ))
             };
             (
@@ -316,6 +316,8 @@ fn expand(
         format!("Remote glue of [`{name}`](fn@{name}): `{name}::remote(..)` submits it as a task.");
     let span = Span::call_site();
     let name_str = syn::LitStr::new(&name.to_string(), span);
+    let invoke = format_ident!("__rayfork_invoke_{}", name);
+    let entry = format_ident!("__RAYFORK_ENTRY_{}", name);
     Ok(quote! {
         #func
 
@@ -357,24 +359,33 @@ fn expand(
                     #submit_call
                 }
             }
-
-            fn __invoke(inv: #p::Invocation<'_>) -> #p::Outcome {
-                if let Err(e) = #p::check_arity(&inv, #n) {
-                    return #p::arg_error(e);
-                }
-                #(
-                    let #args: #arg_tys = match #p::decode_arg(&inv, #idx) {
-                        Ok(v) => v,
-                        Err(e) => return #p::arg_error(e),
-                    };
-                )*
-                #finish_call
-            }
-
-            #[#p::linkme::distributed_slice(#p::REMOTE_FNS)]
-            #[linkme(crate = #p::linkme)]
-            static __ENTRY: #p::RemoteFn = #p::RemoteFn { name: NAME, call: __invoke };
         }
+
+        // Next to the function, not in its module, so that it also works where `super` does
+        // not reach the function (a `#[remote]` in a function body, e.g. a test).
+        #[doc(hidden)]
+        #[allow(non_snake_case)]
+        fn #invoke(inv: #p::Invocation<'_>) -> #p::Outcome {
+            if let Err(e) = #p::check_arity(&inv, #n) {
+                return #p::arg_error(e);
+            }
+            #(
+                let #args: #arg_tys = match #p::decode_arg(&inv, #idx) {
+                    Ok(v) => v,
+                    Err(e) => return #p::arg_error(e),
+                };
+            )*
+            #finish_call
+        }
+
+        #[#p::linkme::distributed_slice(#p::REMOTE_FNS)]
+        #[linkme(crate = #p::linkme)]
+        #[allow(non_upper_case_globals)]
+        static #entry: #p::RemoteFn = #p::RemoteFn {
+            // The same string as the module's `NAME` (`module_path!()` there ends in `::#name`).
+            name: concat!(module_path!(), "::", #name_str, "::", #name_str),
+            call: #invoke,
+        };
     })
 }
 
@@ -385,8 +396,10 @@ fn expand(
 /// of its result. Calls run one at a time, in submission order. `T::options()` gives
 /// `max_restarts` and `name`.
 ///
-/// The block must have `fn new(..) -> Self` (or `-> T`). Arguments and results follow the rules
-/// of `#[remote]`. Other associated functions are left as they are.
+/// The block must have `fn new(..) -> Self` (or `-> T`, or `-> Result<Self, E>`: an `Err`
+/// fails the actor, and every call on it, with E's message). Arguments and results follow the
+/// rules of `#[remote]`. Methods (`&self`, `&mut self`) cannot be async or generic; other
+/// associated functions are left as they are.
 #[proc_macro_attribute]
 pub fn actor(attr: TokenStream, item: TokenStream) -> TokenStream {
     if !attr.is_empty() {
@@ -443,7 +456,24 @@ fn expand_actor(item: proc_macro2::TokenStream) -> syn::Result<proc_macro2::Toke
     for it in &block.items {
         let syn::ImplItem::Fn(f) = it else { continue };
         let sig = &f.sig;
+        let method =
+            matches!(sig.inputs.first(), Some(FnArg::Receiver(r)) if r.reference.is_some());
         if sig.asyncness.is_some() || !sig.generics.params.is_empty() {
+            if method || sig.ident == "new" {
+                let what = if sig.asyncness.is_some() {
+                    "async"
+                } else {
+                    "generic"
+                };
+                return Err(syn::Error::new_spanned(
+                    &sig.ident,
+                    format!(
+                        "an actor method cannot be {what}: each call runs to its end on the \
+                         actor's worker with concrete argument types; make it a plain `fn`, or \
+                         move it to an impl block without #[actor]"
+                    ),
+                ));
+            }
             continue;
         }
         match sig.inputs.first() {
@@ -459,6 +489,26 @@ fn expand_actor(item: proc_macro2::TokenStream) -> syn::Result<proc_macro2::Toke
         ));
     };
 
+    // `new` returns the actor, or `Result` of it (an `Err` fails the actor with its message).
+    let is_self = |t: &Type| match t {
+        Type::Path(tp) => {
+            tp.path.is_ident("Self") || tp.path.segments.last().is_some_and(|s| s.ident == *base)
+        }
+        _ => false,
+    };
+    let store = match &ctor.output {
+        ReturnType::Type(_, t) if is_self(t) => quote!(actor_store),
+        ReturnType::Type(_, t) if result_ok_type(t).is_some_and(is_self) => {
+            quote!(actor_store_result)
+        }
+        _ => {
+            return Err(syn::Error::new_spanned(
+                &ctor.output,
+                "an actor's `fn new` must return `Self` or `Result<Self, E>` (an `Err` fails the \
+                 actor with E's message)",
+            ));
+        }
+    };
     let ctor_tys = owned_args(&ctor)?;
     let cn = ctor_tys.len();
     let cargs: Vec<_> = (0..cn).map(|i| format_ident!("arg{}", i)).collect();
@@ -542,7 +592,7 @@ fn expand_actor(item: proc_macro2::TokenStream) -> syn::Result<proc_macro2::Toke
                         Err(e) => return #p::arg_error(e),
                     };
                 )*
-                #p::actor_store(&inv, <#ty>::new(#(#cargs),*))
+                #p::#store(&inv, <#ty>::new(#(#cargs),*))
             }
             #[#p::linkme::distributed_slice(#p::REMOTE_FNS)]
             #[linkme(crate = #p::linkme)]
@@ -786,6 +836,18 @@ mod tests {
             (
                 quote!(impl C { fn new() -> Self { C } fn add(&mut self, x: &u8) {} }),
                 "must be owned serde types",
+            ),
+            (
+                quote!(impl C { fn new() -> Option<Self> { None } }),
+                "must return `Self` or `Result<Self, E>`",
+            ),
+            (
+                quote!(impl C { fn new() -> Self { C } async fn get(&self) -> u8 { 1 } }),
+                "cannot be async",
+            ),
+            (
+                quote!(impl C { fn new() -> Self { C } fn get<T>(&self, x: T) {} }),
+                "cannot be generic",
             ),
         ];
         for (item, want) in cases {
