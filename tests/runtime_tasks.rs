@@ -533,3 +533,51 @@ fn a_remote_function_defined_in_a_function_body_runs() {
         .remote(local_double::remote(1));
     assert_eq!(rt.get(&r).unwrap(), 4);
 }
+
+/// Its own context, before and after a nested call (whose context differs).
+#[remote]
+fn context_around_a_child() -> rayfork::Result<(String, u64, u32, u32, bool)> {
+    let before = rayfork::context().expect("inside a task");
+    let child = rayfork::get(&child_context::remote())?;
+    let after = rayfork::context().expect("inside a task");
+    Ok((
+        before.name.clone(),
+        u64::from(before == after),
+        before.attempt,
+        before.pid,
+        child != before.task_id.as_u128(),
+    ))
+}
+
+#[remote]
+fn child_context() -> u128 {
+    rayfork::context().expect("inside a task").task_id.as_u128()
+}
+
+/// Crashes on its first attempt; returns the attempt it saw.
+#[remote]
+fn attempt_after_a_crash(path: String) -> u32 {
+    let first = rayfork_tests::runs(&path) == 0;
+    rayfork_tests::note_run(&path);
+    if first {
+        std::process::abort();
+    }
+    rayfork::context().expect("inside a task").attempt
+}
+
+#[test]
+fn a_task_knows_its_context() {
+    let _w = watchdog("a_task_knows_its_context", LIMIT);
+    let rt = runtime();
+    assert!(rayfork::context().is_none());
+    let (name, same, attempt, pid, child_differs) = rt
+        .get(&context_around_a_child::options().name("ctx").remote())
+        .unwrap();
+    assert_eq!((name.as_str(), same, attempt), ("ctx", 1, 1));
+    assert_ne!(pid, std::process::id());
+    assert!(child_differs);
+    let r = child_context::remote();
+    assert_eq!(rt.get(&r).unwrap(), r.id().as_u128());
+    let path = rayfork_tests::fresh_path("context-attempt", "runs");
+    assert_eq!(rt.get(&attempt_after_a_crash::remote(path)).unwrap(), 2);
+}

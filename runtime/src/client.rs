@@ -65,6 +65,10 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
     fn yield_item(&self, task: Id, item: Id) -> Result<bool>;
     /// Sends a message that has no answer.
     fn tell(&self, msg: FromWorker) -> Result<()>;
+    /// The running task's context (in a worker; `None` in the driver).
+    fn context(&self) -> Option<crate::TaskContext> {
+        None
+    }
     /// Starts following `ids` as watch `watch` (watches.rs in the scheduler).
     fn watch(&self, watch: Id, ids: Vec<Id>) -> Result<()> {
         self.tell(FromWorker::Watch { watch, ids })

@@ -272,7 +272,7 @@ pub use rayfork_macros::{actor, remote};
 pub use rayfork_plasma::{ObjectId, Pod};
 pub use runtime::Runtime;
 pub use stats::RuntimeStats;
-pub use task::{IntoArg, TaskOptions, gpu_ids};
+pub use task::{IntoArg, TaskContext, TaskOptions, context, gpu_ids};
 pub use timeline::{FunctionSummary, TaskSummary};
 pub use window::{JoinError, Window};
 

@@ -215,6 +215,10 @@ pub(crate) struct RunTask {
     pub extra: Vec<Id>,
     /// The GPU devices it was given (`rayfork::gpu_ids`).
     pub gpus: Vec<u32>,
+    /// Which attempt this is, from 1 (`rayfork::context`).
+    pub attempt: u32,
+    /// The actor it runs for: its constructor or one of its methods.
+    pub actor: Option<Id>,
     /// Argument ids whose references the scheduler moved to this worker (scheduler rule 13):
     /// the worker drops them once the arguments are decoded, so the task's own handles are
     /// all that keep those objects alive.

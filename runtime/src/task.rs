@@ -556,3 +556,44 @@ pub fn arg_error(e: Error) -> Outcome {
 pub fn gpu_ids() -> Vec<u32> {
     client::process_backend().map_or_else(Vec::new, |b| b.gpu_ids())
 }
+
+/// What the running task knows about itself (Ray's runtime context).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TaskContext {
+    /// The task's id (also the id of its result object).
+    pub task_id: rayfork_plasma::ObjectId,
+    /// The registered function: `module::path::name` (`Type::method` for an actor call).
+    pub function: String,
+    /// The task's name (`options().name(..)`, else the function's).
+    pub name: String,
+    /// Which attempt this is, from 1 (a retry after a crash is 2, ...).
+    pub attempt: u32,
+    /// The actor it runs for (its constructor or a method call), if any.
+    pub actor_id: Option<rayfork_plasma::ObjectId>,
+    /// The GPU devices it holds (as [`gpu_ids`]).
+    pub gpu_ids: Vec<u32>,
+    /// The worker process it runs in.
+    pub pid: u32,
+}
+
+/// The context of the task this code runs in: `None` in the driver (outside any task).
+///
+/// ```
+/// #[rayfork::remote]
+/// fn who() -> (u32, String) {
+///     let cx = rayfork::context().expect("inside a task");
+///     (cx.attempt, cx.name)
+/// }
+///
+/// fn main() -> rayfork::Result<()> {
+///     let rt = rayfork::Runtime::builder().num_cpus(1).start()?;
+///     assert!(rayfork::context().is_none());
+///     let (attempt, name) = rt.get(&who::options().name("asker").remote())?;
+///     assert_eq!((attempt, name.as_str()), (1, "asker"));
+///     Ok(())
+/// }
+/// ```
+pub fn context() -> Option<TaskContext> {
+    client::process_backend().and_then(|b| b.context())
+}

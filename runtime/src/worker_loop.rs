@@ -18,6 +18,7 @@ use std::thread::ThreadId;
 
 use rayfork_plasma::ShmArena;
 
+use crate::TaskContext;
 use crate::client::{self, Backend, BackendRef, IdGen, RefQueue};
 use crate::error::panic_message;
 use crate::ipc::{FrameReader, FrameWriter};
@@ -51,6 +52,8 @@ pub(crate) struct WorkerBackend {
     tag: AtomicU64,
     /// The GPU devices of the running frame's task (`rayfork::gpu_ids`).
     gpus: Mutex<Vec<u32>>,
+    /// What `rayfork::context` says, one per frame of the stack.
+    contexts: Mutex<Vec<TaskContext>>,
     /// What this worker did to `CUDA_VISIBLE_DEVICES`.
     cuda_env: Mutex<CudaEnv>,
 }
@@ -81,6 +84,7 @@ pub(crate) fn run(
         depth: AtomicUsize::new(0),
         tag: AtomicU64::new(0),
         gpus: Mutex::new(Vec::new()),
+        contexts: Mutex::new(Vec::new()),
         cuda_env: Mutex::new(CudaEnv {
             original: std::env::var_os(CUDA_VISIBLE_DEVICES),
             touched: false,
@@ -290,6 +294,10 @@ impl WorkerBackend {
         Ok(())
     }
 
+    fn lock_contexts(&self) -> std::sync::MutexGuard<'_, Vec<TaskContext>> {
+        self.contexts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn run_task(&self, run: RunTask) -> io::Result<()> {
         let RunTask {
             task,
@@ -298,13 +306,26 @@ impl WorkerBackend {
             args,
             extra,
             gpus,
+            attempt,
+            actor,
             moved,
         } = run;
+        let context = TaskContext {
+            task_id: rayfork_plasma::ObjectId::from_u128(task),
+            function: func.clone(),
+            name: name.clone(),
+            attempt,
+            actor_id: actor.map(rayfork_plasma::ObjectId::from_u128),
+            gpu_ids: gpus.clone(),
+            pid: std::process::id(),
+        };
+        self.lock_contexts().push(context);
         // This frame's place on the stack, as the scheduler counts it (scheduler rule 9).
         let depth = self.depth.fetch_add(1, Ordering::Relaxed);
         let outer = self.tag.swap(shared_flags::tag(task), Ordering::Relaxed);
         let outer_gpus = self.enter_gpus(gpus);
         let outcome = self.invoke(task, &func, &name, &args, moved);
+        self.lock_contexts().pop();
         self.enter_gpus(outer_gpus);
         self.tag.store(outer, Ordering::Relaxed);
         self.depth.store(depth, Ordering::Relaxed);
@@ -552,6 +573,10 @@ impl Backend for WorkerBackend {
 
     fn share(&self, id: Id) -> Result<()> {
         self.tell(FromWorker::Share { id })
+    }
+
+    fn context(&self) -> Option<TaskContext> {
+        self.lock_contexts().last().cloned()
     }
 
     fn tell(&self, msg: FromWorker) -> Result<()> {

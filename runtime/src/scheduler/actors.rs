@@ -253,6 +253,8 @@ impl Scheduler {
                         args,
                         extra: Vec::new(),
                         gpus: Vec::new(),
+                        attempt: 1,
+                        actor: Some(id),
                         moved: Vec::new(),
                     };
                     self.send_to(slot, &ToWorker::Run(run));

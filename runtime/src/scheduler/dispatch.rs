@@ -218,6 +218,12 @@ impl Scheduler {
             args,
             extra: t.spec.extra.clone(),
             gpus: Vec::new(),
+            attempt: t.attempts + 1,
+            actor: match t.spec.actor {
+                Some(ActorCall::Create { .. }) => Some(id),
+                Some(ActorCall::Method { actor }) => Some(actor),
+                None => None,
+            },
             moved: Vec::new(),
         };
         let ctor = matches!(t.spec.actor, Some(ActorCall::Create { .. }));
