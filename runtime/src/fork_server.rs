@@ -361,6 +361,12 @@ fn spawn_worker(
                 unsafe { libc::_exit(0) };
             }
             let _ = mask.thread_unblock();
+            // As std does before `main`: a write to a closed pipe is an error, not a death.
+            // SAFETY: setting a signal to SIG_IGN installs no handler code; the process is
+            // single-threaded here (just forked from the single-threaded fork server).
+            let _ = unsafe {
+                nix::sys::signal::signal(Signal::SIGPIPE, nix::sys::signal::SigHandler::SigIgn)
+            };
             // The child keeps only its own socket, its stderr pipe and the two mappings.
             let _ = nix::unistd::close(ctrl.as_raw_fd());
             let _ = nix::unistd::close(sigfd.as_fd().as_raw_fd());
@@ -379,8 +385,9 @@ fn spawn_worker(
                 kit.arena.clone(),
                 kit.flags.clone(),
             );
-            // SAFETY: as above; the worker flushed what it had to say before returning.
-            unsafe { libc::_exit(code) }
+            // As a program ends: stdout flushed, `atexit` handlers run (coverage data, C
+            // libraries' cleanup).
+            std::process::exit(code)
         }
         ForkResult::Parent { child } => Ok((child.as_raw(), driver_end, err_read)),
     }

@@ -223,6 +223,16 @@
 //! before `main` by a hook in this crate); workers are forked from it. If the driver dies, even
 //! by SIGKILL, the fork server and the workers die with it; dropping the [`Runtime`] kills and
 //! reaps them all.
+//!
+//! Workers never run the driver's `main`. What they have: the binary's code and statics as
+//! initialized (not as `main` changed them), the environment the driver had when it started
+//! the runtime, std's defaults (SIGPIPE ignored: a write to a closed pipe is an error), the
+//! functions registered with [`worker_init!`] (run once per worker, before its first task:
+//! set up a logger or a subscriber there), and `RAYON_NUM_THREADS`/`OMP_NUM_THREADS` set to
+//! the task's CPUs unless the driver set them. What they do not have: anything `main` did
+//! (loggers, thread pools, open files, `set_var`), the driver's threads. A worker that ends
+//! normally (retired after `max_calls`, or idle when the runtime stops) exits as a program does:
+//! stdout is flushed and `atexit` handlers run (coverage data is written).
 
 mod actor;
 mod array;
@@ -276,6 +286,43 @@ pub use task::{IntoArg, TaskContext, TaskOptions, context, gpu_ids};
 pub use timeline::{FunctionSummary, TaskSummary};
 pub use window::{JoinError, Window};
 
+/// Registers a function that every worker process runs once when it starts, before its
+/// first task: what the driver set up in `main` (a logger, a tracing subscriber, a thread pool
+/// size) does not exist in workers, which never run `main`.
+///
+/// ```
+/// use std::sync::atomic::{AtomicBool, Ordering};
+///
+/// static SET_UP: AtomicBool = AtomicBool::new(false);
+///
+/// fn setup() {
+///     // e.g. env_logger::init(), or a tracing subscriber
+///     SET_UP.store(true, Ordering::Relaxed);
+/// }
+/// rayfork::worker_init!(setup);
+///
+/// #[rayfork::remote]
+/// fn was_set_up() -> bool {
+///     SET_UP.load(Ordering::Relaxed)
+/// }
+///
+/// fn main() -> rayfork::Result<()> {
+///     let rt = rayfork::Runtime::builder().num_cpus(1).start()?;
+///     assert!(rt.get(&was_set_up::remote())?);
+///     Ok(())
+/// }
+/// ```
+#[macro_export]
+macro_rules! worker_init {
+    ($f:path) => {
+        const _: () = {
+            #[$crate::__private::linkme::distributed_slice($crate::__private::WORKER_INITS)]
+            #[linkme(crate = $crate::__private::linkme)]
+            static INIT: fn() = $f;
+        };
+    };
+}
+
 /// Items the `#[remote]` macro expands to. Not a public API.
 #[doc(hidden)]
 pub mod __private {
@@ -285,7 +332,7 @@ pub mod __private {
     };
     pub use crate::generator::{finish_stream, submit_stream};
     pub use crate::protocol::Outcome;
-    pub use crate::registry::{Invocation, REMOTE_FNS, RemoteFn};
+    pub use crate::registry::{Invocation, REMOTE_FNS, RemoteFn, WORKER_INITS};
     pub use crate::runtime::inject_scheduler_panic;
     pub use crate::task::{
         ArgSpec, Returns, SubmitCx, arg_error, check_arity, decode_arg, encode_part, finish,

@@ -217,6 +217,8 @@ pub(crate) struct RunTask {
     pub gpus: Vec<u32>,
     /// Which attempt this is, from 1 (`rayfork::context`).
     pub attempt: u32,
+    /// The CPUs it holds (`num_cpus`): the size of the thread pools it should start.
+    pub cpus: f64,
     /// The actor it runs for: its constructor or one of its methods.
     pub actor: Option<Id>,
     /// Argument ids whose references the scheduler moved to this worker (scheduler rule 13):

@@ -49,6 +49,10 @@ pub struct RemoteFn {
 #[linkme::distributed_slice]
 pub static REMOTE_FNS: [RemoteFn];
 
+/// Functions every worker process runs once, before its first task (`rayfork::worker_init!`).
+#[linkme::distributed_slice]
+pub static WORKER_INITS: [fn()];
+
 /// The name without its crate: `module::path::function`. An external worker program
 /// (`Config::worker_program`) that includes the same modules as the driver registers the same
 /// functions under another crate name; this is how it finds them.

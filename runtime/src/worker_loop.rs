@@ -54,12 +54,17 @@ pub(crate) struct WorkerBackend {
     gpus: Mutex<Vec<u32>>,
     /// What `rayfork::context` says, one per frame of the stack.
     contexts: Mutex<Vec<TaskContext>>,
+    /// The thread-pool variables the driver set itself (left alone).
+    user_env: Vec<&'static str>,
     /// What this worker did to `CUDA_VISIBLE_DEVICES`.
     cuda_env: Mutex<CudaEnv>,
 }
 
 /// Runs the worker loop until the driver says `Exit` or hangs up; returns the exit code. Makes
 /// its connection the process's backend (`client::install_process_backend`) first.
+/// The variables thread pools size themselves from (rayon, OpenMP).
+const THREAD_POOL_VARS: [&str; 2] = ["RAYON_NUM_THREADS", "OMP_NUM_THREADS"];
+
 pub(crate) fn run(
     runtime: u32,
     slot: u32,
@@ -85,6 +90,10 @@ pub(crate) fn run(
         tag: AtomicU64::new(0),
         gpus: Mutex::new(Vec::new()),
         contexts: Mutex::new(Vec::new()),
+        user_env: THREAD_POOL_VARS
+            .into_iter()
+            .filter(|k| std::env::var_os(k).is_some())
+            .collect(),
         cuda_env: Mutex::new(CudaEnv {
             original: std::env::var_os(CUDA_VISIBLE_DEVICES),
             touched: false,
@@ -93,6 +102,10 @@ pub(crate) fn run(
     });
     if !client::install_process_backend(backend.clone()) {
         return 3;
+    }
+    // What `main` would have set up (the crate docs list what carries over).
+    for init in crate::registry::WORKER_INITS.iter() {
+        init();
     }
     let _ = THIS_WORKER.set(backend.clone());
     let hello = FromWorker::Hello {
@@ -294,6 +307,22 @@ impl WorkerBackend {
         Ok(())
     }
 
+    /// Makes `RAYON_NUM_THREADS` and `OMP_NUM_THREADS` the task's CPUs (at least 1), unless the
+    /// driver set them: so N workers do not start N x (all cores) threads. Pools read them at
+    /// their start, so the first task that starts one sizes it; and the environment changes
+    /// only while the process has one thread (`set_env_alone`).
+    fn size_thread_pools(&self, cpus: f64) {
+        let n = (cpus.ceil() as u64).max(1).to_string();
+        for key in THREAD_POOL_VARS {
+            if self.user_env.contains(&key) {
+                continue;
+            }
+            if std::env::var(key).ok().as_deref() != Some(n.as_str()) {
+                set_env_alone(key, Some(std::ffi::OsStr::new(&n)));
+            }
+        }
+    }
+
     fn lock_contexts(&self) -> std::sync::MutexGuard<'_, Vec<TaskContext>> {
         self.contexts.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -307,9 +336,11 @@ impl WorkerBackend {
             extra,
             gpus,
             attempt,
+            cpus,
             actor,
             moved,
         } = run;
+        self.size_thread_pools(cpus);
         let context = TaskContext {
             task_id: rayfork_plasma::ObjectId::from_u128(task),
             function: func.clone(),

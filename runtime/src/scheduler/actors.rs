@@ -254,6 +254,7 @@ impl Scheduler {
                         extra: Vec::new(),
                         gpus: Vec::new(),
                         attempt: 1,
+                        cpus: 1.0,
                         actor: Some(id),
                         moved: Vec::new(),
                     };

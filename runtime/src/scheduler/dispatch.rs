@@ -219,6 +219,7 @@ impl Scheduler {
             extra: t.spec.extra.clone(),
             gpus: Vec::new(),
             attempt: t.attempts + 1,
+            cpus: t.spec.opts.num_cpus,
             actor: match t.spec.actor {
                 Some(ActorCall::Create { .. }) => Some(id),
                 Some(ActorCall::Method { actor }) => Some(actor),
