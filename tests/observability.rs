@@ -196,3 +196,40 @@ fn timeline_and_summary_show_every_run() {
     );
     let _ = std::fs::remove_file(&marker);
 }
+
+/// A function that leaves no trace in the timeline or the summary.
+#[rayfork::remote(enable_task_events = false)]
+fn quiet(x: u64) -> u64 {
+    x + 1
+}
+
+#[rayfork::remote]
+fn loud(x: u64) -> u64 {
+    x + 2
+}
+
+#[test]
+fn tasks_with_events_off_leave_no_record() {
+    let _w = rayfork_tests::watchdog("tasks_with_events_off_leave_no_record", LIMIT);
+    let rt = rayfork::Runtime::builder().num_cpus(2).start().unwrap();
+    let quiet_refs: Vec<_> = (0..10).map(quiet::remote).collect();
+    let off: Vec<_> = (0..10)
+        .map(|i| loud::options().enable_task_events(false).remote(i))
+        .collect();
+    let on: Vec<_> = (0..3).map(loud::remote).collect();
+    assert_eq!(rt.get_all(&quiet_refs).unwrap()[9], 10);
+    assert_eq!(rt.get_all(&off).unwrap()[9], 11);
+    assert_eq!(rt.get_all(&on).unwrap()[2], 4);
+    let s = rt.summary().unwrap();
+    assert_eq!(s.total().finished, 3, "{s}");
+    assert!(!s.to_string().contains("quiet"), "{s}");
+    let path = rayfork_tests::fresh_path("events-off", "trace.json");
+    let events = rt.timeline(&path).unwrap();
+    let trace = std::fs::read_to_string(&path).unwrap();
+    assert!(!trace.contains("quiet"), "the trace has a quiet task");
+    assert_eq!(
+        trace.matches("observability::loud").count(),
+        3,
+        "{events} events"
+    );
+}

@@ -90,6 +90,8 @@ pub(crate) struct TaskOpts {
     pub retry_exceptions: bool,
     /// May run again after a crash while it held a writable window (scheduler rule 12).
     pub restartable: bool,
+    /// Recorded in the timeline and the summary (timeline.rs).
+    pub task_events: bool,
     /// GPUs held from start to finish (also while blocked in `get`).
     pub num_gpus: f64,
     /// Custom resources held from start to finish, by name (also while blocked in `get`).

@@ -34,6 +34,7 @@ impl Default for TaskOptions {
                 retry_if_contains: Vec::new(),
                 streaming: None,
                 restartable: false,
+                task_events: true,
             },
         }
     }
@@ -93,6 +94,14 @@ macro_rules! __task_option_setters {
             /// within `max_retries`.
             pub fn restartable(mut self, yes: bool) -> Self {
                 self.opts.restartable = yes;
+                self
+            }
+
+            /// Records the task's runs in the timeline and counts it in the summary (default
+            /// `true`, as Ray's `enable_task_events`). `false` leaves no trace of it there, and
+            /// saves the recording's cost for tiny tasks.
+            pub fn enable_task_events(mut self, yes: bool) -> Self {
+                self.opts.task_events = yes;
                 self
             }
 

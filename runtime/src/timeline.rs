@@ -252,10 +252,12 @@ impl Events {
         self.keep(run.expect("running, checked above"));
     }
 
-    /// A run of a task of function `func` was lost to a crash and the task goes back to the
-    /// queue.
-    pub(crate) fn retried(&mut self, func: &str) {
-        self.counts_of(func).retried += 1;
+    /// A run of `task` (of function `func`) was lost to a crash and the task goes back to the
+    /// queue. Only tasks recorded since their submission count (`enable_task_events`).
+    pub(crate) fn retried(&mut self, task: Id, func: &str) {
+        if self.open.contains_key(&task) {
+            self.counts_of(func).retried += 1;
+        }
     }
 
     /// The counts of function `func` (a new key is allocated only the first time; functions
@@ -423,7 +425,7 @@ mod tests {
         e.submitted(1);
         e.started(1, 100, 0);
         e.ended(1, "f", RunEnd::Crashed);
-        e.retried("f");
+        e.retried(1, "f");
         e.started(1, 101, 0);
         e.ended(1, "f", RunEnd::Finished);
         e.finished(1, "f", "f", Some(RunEnd::Finished));

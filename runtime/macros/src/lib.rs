@@ -105,6 +105,7 @@ fn parse_attrs(attr: proc_macro2::TokenStream) -> syn::Result<Attrs> {
                 }
             }
             "retry_exceptions" => options.push(quote!(.retry_exceptions(#v))),
+            "enable_task_events" => options.push(quote!(.enable_task_events(#v))),
             "name" => {
                 if !matches!(v, Expr::Lit(l) if matches!(l.lit, Lit::Str(_))) {
                     return Err(syn::Error::new_spanned(v, "name must be a string literal"));
@@ -115,7 +116,8 @@ fn parse_attrs(attr: proc_macro2::TokenStream) -> syn::Result<Attrs> {
                 return Err(syn::Error::new_spanned(
                     &nv.path,
                     "unknown option; expected streaming, num_cpus, num_gpus, resources, \
-                     max_retries, max_calls, num_returns, retry_exceptions or name",
+                     max_retries, max_calls, num_returns, retry_exceptions, \
+                     enable_task_events or name",
                 ));
             }
         }

@@ -321,7 +321,7 @@ impl Scheduler {
             if retry {
                 if let Some(t) = self.tasks.get_mut(&f.task) {
                     t.state = TaskState::Ready;
-                    self.events.retried(&t.spec.func);
+                    self.events.retried(f.task, &t.spec.func);
                 }
                 again.push(f.task);
                 continue;

@@ -149,7 +149,9 @@ impl Scheduler {
         if !self.extra_ids_fresh(&spec) {
             return self.bad(slot, "submit with a return id that exists or repeats");
         }
-        self.events.submitted(id);
+        if spec.opts.task_events {
+            self.events.submitted(id);
+        }
         // The references the spec mentions move from the submitter to the task (scheduler rule 4).
         for c in spec.arg_ids() {
             self.own(slot, c, -1);
@@ -285,7 +287,7 @@ impl Scheduler {
                     debug_assert!(t.attempts > 0, "a started task with no attempt");
                     t.attempts = t.attempts.saturating_sub(1);
                 } else {
-                    self.events.retried(&t.spec.func);
+                    self.events.retried(task, &t.spec.func);
                 }
                 self.reset_returns(task);
                 self.queue.push_front(task);

@@ -198,6 +198,12 @@ fn bench(o: &Opts) -> rayfork::Result<()> {
         let refs: Vec<_> = (0..1000).map(|_| noop::remote()).collect();
         rt.get_all(&refs).map(drop)
     })?;
+    let quiet = burst(&|| {
+        let refs: Vec<_> = (0..1000)
+            .map(|_| noop::options().enable_task_events(false).remote())
+            .collect();
+        rt.get_all(&refs).map(drop)
+    })?;
     let counter = Counter::remote();
     let calls = burst(&|| {
         let refs: Vec<_> = (0..1000).map(|_| counter.incr()).collect();
@@ -208,6 +214,7 @@ fn bench(o: &Opts) -> rayfork::Result<()> {
             "cpus": o.cpus,
             "round_trip_us": p50.as_secs_f64() * 1e6,
             "tasks_in_flight_per_s": tasks,
+            "tasks_in_flight_no_events_per_s": quiet,
             "actor_calls_in_flight_per_s": calls,
         });
         println!("{json}");
@@ -219,6 +226,11 @@ fn bench(o: &Opts) -> rayfork::Result<()> {
         p50.as_secs_f64() * 1e6
     );
     println!("  empty tasks, 1000 in flight     {:>9.1} k/s", tasks / 1e3);
+    println!(
+        "    the same, task events off     {:>9.1} k/s  (recording costs {:.2} us per task)",
+        quiet / 1e3,
+        (1e6 / tasks - 1e6 / quiet).max(0.0)
+    );
     println!("  actor calls, 1000 in flight     {:>9.1} k/s", calls / 1e3);
     Ok(())
 }
