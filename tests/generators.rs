@@ -90,7 +90,12 @@ fn a_crash_midway_gives_the_items_then_the_error() {
     let rt = runtime(2);
     let mut got = Vec::new();
     let mut err = None;
-    for r in fails_after::remote(3, "abort".to_string()) {
+    // It crashes on every attempt: each retry yields the same three items again, and the
+    // caller sees each once.
+    for r in fails_after::options()
+        .max_retries(2)
+        .remote(3, "abort".to_string())
+    {
         match r {
             Ok(r) => got.push(rt.get(&r).unwrap()),
             Err(e) => err = Some(e),
@@ -101,7 +106,7 @@ fn a_crash_midway_gives_the_items_then_the_error() {
         Some(Error::WorkerCrashed {
             attempts, cause, ..
         }) => {
-            assert_eq!(attempts, 1, "a generator is not retried");
+            assert_eq!(attempts, 3, "a generator is retried as other tasks");
             assert!(cause.contains("SIGABRT"), "{cause}");
         }
         other => panic!("expected WorkerCrashed, got {other:?}"),
@@ -183,4 +188,38 @@ fn dropping_a_generator_ends_its_task_and_frees_its_items() {
         });
         assert!(ended, "backpressure {bound}: {:?}", rt.stats().unwrap());
     }
+}
+
+/// Yields `0..n`, crashing after `crash_at` items on its first run only.
+#[remote(streaming)]
+fn crashes_once(n: u64, crash_at: u64, path: String) -> impl Iterator<Item = u64> {
+    let first = rayfork_tests::runs(&path) == 0;
+    rayfork_tests::note_run(&path);
+    (0..n).inspect(move |&i| {
+        if first && i == crash_at {
+            std::process::abort();
+        }
+    })
+}
+
+#[test]
+fn a_retried_generator_gives_each_item_once() {
+    let _w = watchdog("a_retried_generator_gives_each_item_once", LIMIT);
+    let rt = runtime(2);
+    let path = rayfork_tests::fresh_path("generator-retry", "runs");
+    let items: Vec<u64> = crashes_once::remote(40, 25, path.clone())
+        .map(|r| rt.get(&r.unwrap()).unwrap())
+        .collect();
+    assert_eq!(items, (0..40).collect::<Vec<_>>());
+    assert_eq!(rayfork_tests::runs(&path), 2);
+    // Without retries, the crash ends the stream after the items it yielded.
+    let path = rayfork_tests::fresh_path("generator-no-retry", "runs");
+    let got: Vec<_> = crashes_once::options()
+        .max_retries(0)
+        .remote(40, 25, path)
+        .collect();
+    assert_eq!(got.len(), 26);
+    assert!(matches!(got[25], Err(Error::WorkerCrashed { .. })));
+    drop(got);
+    rayfork_tests::assert_runtime_drains(&rt, LIMIT);
 }

@@ -37,8 +37,9 @@ use crate::task::{ArgSpec, SubmitCx, TaskOptions, submit_call};
 /// The refs of a generator task's items, in the order it yielded them.
 ///
 /// Each `next()` waits for the next item (or the end) and gives `Ok(ref)`; if the task failed
-/// (an error, a panic, a crash: generators are not retried), the items yielded before the
-/// failure come first, then one `Err`, then `None`. Dropping the generator frees the items not
+/// (an error, a panic, a crash, once its retries are spent), the items yielded before the
+/// failure come first, then one `Err`, then `None`. A retried generator starts over, and the
+/// items the caller already has are skipped: each item comes once. Dropping the generator frees the items not
 /// taken and ends the task at its next yield (it stops iterating; until then it runs on, or
 /// can be cancelled through [`completion`](Self::completion)).
 #[must_use = "dropping the generator frees the items not taken and stops the task at its next yield"]

@@ -175,8 +175,10 @@
 //! # Generators
 //! `#[remote(streaming)]` on a function returning `impl Iterator<Item = T>`: `f::remote(..)`
 //! gives an [`ObjectRefGenerator<T>`] that produces a ref per item as soon as the task yields
-//! it. At most `f::options().backpressure(n)` items (default 16) wait untaken; a generator is
-//! not retried; a failure mid-way gives the items yielded before it, then the error. See
+//! it. At most `f::options().backpressure(n)` items (default 16) wait untaken. A crashed
+//! generator is retried like any task and its new attempt's first items, which the caller
+//! already has, are skipped; a failure with no retry left gives the items yielded before it,
+//! then the error. See
 //! `examples/generators.rs`.
 //!
 //! # Retries

@@ -46,8 +46,6 @@ impl TaskOptions {
     #[doc(hidden)]
     pub fn __streaming(mut self) -> Self {
         self.opts.streaming = Some(crate::config::DEFAULT_BACKPRESSURE);
-        // Items already handed out cannot be taken back: a generator is not retried.
-        self.opts.max_retries = 0;
         self
     }
 }

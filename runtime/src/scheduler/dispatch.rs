@@ -243,6 +243,11 @@ impl Scheduler {
         let t = self.tasks.get_mut(&id).expect("run_message found it");
         t.attempts += 1;
         t.runs += 1;
+        if let Some(st) = self.streams.get_mut(&id) {
+            // A generator's new attempt yields from its first item again (scheduler rule 10).
+            st.this_attempt = 0;
+        }
+        let t = self.tasks.get_mut(&id).expect("run_message found it");
         // Its last attempt: the arguments' references move to the worker (scheduler rule 13).
         let moved: Vec<Id> = if t.attempts > t.spec.opts.max_retries && t.spec.actor.is_none() {
             t.args_moved = true;

@@ -174,6 +174,9 @@ impl Scheduler {
         if let Some(t) = self.tasks.get_mut(&q.task) {
             t.attempts += 1;
             t.runs += 1;
+            if let Some(st) = self.streams.get_mut(&q.task) {
+                st.this_attempt = 0;
+            }
             t.state = TaskState::Running {
                 slot,
                 cancel_requested: false,

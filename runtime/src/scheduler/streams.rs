@@ -23,6 +23,9 @@ pub(super) struct Stream {
     /// Nobody can take items any more (the caller dropped the generator while its task ran):
     /// items are dropped as they come and the generator is told to stop.
     pub(super) abandoned: bool,
+    /// Items the current attempt yielded: a retry yields again the ones the stream has, and
+    /// those are dropped, so the caller sees each item once.
+    pub(super) this_attempt: u64,
 }
 
 impl Stream {
@@ -120,8 +123,11 @@ impl Scheduler {
         let Some(st) = self.streams.get_mut(&task) else {
             return;
         };
-        if st.abandoned {
-            // Nobody takes it; the answer to the `YieldRoom` below tells the generator to stop.
+        st.this_attempt += 1;
+        let replayed = st.this_attempt <= st.items.len() as u64;
+        if st.abandoned || replayed {
+            // Nobody takes it (the answer to the `YieldRoom` below tells the generator to
+            // stop), or a retry yielded it again: the caller has the first one.
             self.add_ref(item, -1);
             self.request(
                 Requester::Worker(slot),

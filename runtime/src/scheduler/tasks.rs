@@ -104,12 +104,11 @@ impl Task {
         }
     }
 
-    /// True if a failed attempt may be tried again (scheduler rule 4): attempts remain, it is
-    /// not a generator (scheduler rule 10), and no window forbids it (scheduler rule 12).
+    /// True if a failed attempt may be tried again (scheduler rule 4): attempts remain, and no
+    /// window forbids it (scheduler rule 12). A generator's retry skips the items its caller
+    /// has (scheduler rule 10).
     pub(super) fn may_retry(&self) -> bool {
-        self.attempts <= self.spec.opts.max_retries
-            && self.spec.opts.streaming.is_none()
-            && self.may_run_again()
+        self.attempts <= self.spec.opts.max_retries && self.may_run_again()
     }
 
     /// False if it held a writable window and may not run again (scheduler rule 12): it was
@@ -220,6 +219,7 @@ impl Scheduler {
                     bound,
                     waiting: Vec::new(),
                     abandoned: false,
+                    this_attempt: 0,
                 },
             );
         }
