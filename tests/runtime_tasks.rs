@@ -157,7 +157,7 @@ fn errors_and_panics_are_typed_and_the_worker_survives() {
     let before = rt.get(&pid::remote()).unwrap();
     let e = rt.get(&fails::remote("bad input".to_string())).unwrap_err();
     match &e {
-        Error::TaskFailed { task, message } => {
+        Error::TaskFailed { task, message, .. } => {
             assert!(task.ends_with("fails"), "{task}");
             assert_eq!(message, "bad input");
         }
@@ -580,4 +580,53 @@ fn a_task_knows_its_context() {
     assert_eq!(rt.get(&r).unwrap(), r.id().as_u128());
     let path = rayfork_tests::fresh_path("context-attempt", "runs");
     assert_eq!(rt.get(&attempt_after_a_crash::remote(path)).unwrap(), 2);
+}
+
+/// An error type that crosses the process boundary as a value.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+enum Refused {
+    TooBig(u64),
+    Busy,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "refused ({self:?})")
+    }
+}
+
+#[remote]
+fn refuse(n: u64, path: String) -> Result<u64, Refused> {
+    rayfork_tests::note_run(&path);
+    match n {
+        0 => Err(Refused::Busy),
+        n if n > 10 => Err(Refused::TooBig(n)),
+        n => Ok(n),
+    }
+}
+
+#[test]
+fn a_typed_error_comes_back_as_its_type_and_retries_match_it() {
+    let _w = watchdog("a_typed_error_comes_back_as_its_type", LIMIT);
+    let rt = runtime();
+    let path = rayfork_tests::fresh_path("typed-error", "runs");
+    let e = rt.get(&refuse::remote(99, path.clone())).unwrap_err();
+    assert_eq!(e.downcast::<Refused>(), Some(Refused::TooBig(99)));
+    assert_eq!(e.downcast::<String>(), None);
+    assert!(e.to_string().contains("refused (TooBig(99))"), "{e}");
+    // A plain `String` error has no value to downcast to, only its text.
+    let e = rt.get(&fails::remote("plain".to_string())).unwrap_err();
+    assert!(e.downcast::<Refused>().is_none());
+    // Retried by type: three runs for a Busy with max_retries(2).
+    let path = rayfork_tests::fresh_path("typed-error-retry", "runs");
+    let e = rt
+        .get(
+            &refuse::options()
+                .max_retries(2)
+                .retry_exceptions_matching([std::any::type_name::<Refused>()])
+                .remote(0, path.clone()),
+        )
+        .unwrap_err();
+    assert_eq!(e.downcast::<Refused>(), Some(Refused::Busy));
+    assert_eq!(rayfork_tests::runs(&path), 3);
 }

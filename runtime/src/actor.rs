@@ -213,7 +213,8 @@ pub fn __store_result<A: 'static, E: std::fmt::Display>(
         Ok(state) => __store(inv, state),
         Err(e) => Outcome::Err(Error::TaskFailed {
             task: inv.name.to_string(),
-            message: e.to_string(),
+            message: format!("{e:#}"),
+            value: None,
         }),
     }
 }

@@ -18,8 +18,11 @@ pub enum Error {
     TaskFailed {
         /// The task's name (the function's path unless `options().name(..)` set one).
         task: String,
-        /// The error's text.
+        /// The error's text, with its chain of causes when it has one (`{:#}`).
         message: String,
+        /// The error itself, encoded, when its type is `Serialize`: get it back with
+        /// [`Error::downcast`].
+        value: Option<ErrorValue>,
     },
     /// The task panicked; the panic was caught in the worker, which lives on.
     #[error("task {task} panicked: {message}")]
@@ -207,6 +210,15 @@ pub enum Error {
     View(String),
 }
 
+/// A task's error value as it crossed the process boundary: its type's name and its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorValue {
+    /// `std::any::type_name` of the error type.
+    pub type_name: String,
+    /// The encoded value.
+    pub bytes: Vec<u8>,
+}
+
 /// `Result<T, rayfork::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -214,6 +226,44 @@ impl Error {
     /// True for errors that are the task's own (it returned `Err` or panicked).
     pub fn is_application_error(&self) -> bool {
         matches!(self, Error::TaskFailed { .. } | Error::TaskPanicked { .. })
+    }
+
+    /// The error value a task returned (`Err(e)`), if its type is `E`: tasks whose error type
+    /// is `Serialize` send it along, and the caller matches on it here.
+    ///
+    /// ```
+    /// #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    /// enum Refused {
+    ///     TooBig(u64),
+    /// }
+    ///
+    /// impl std::fmt::Display for Refused {
+    ///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    ///         write!(f, "refused: {self:?}")
+    ///     }
+    /// }
+    ///
+    /// #[rayfork::remote]
+    /// fn check(n: u64) -> Result<u64, Refused> {
+    ///     if n > 10 { Err(Refused::TooBig(n)) } else { Ok(n) }
+    /// }
+    ///
+    /// fn main() -> rayfork::Result<()> {
+    ///     let rt = rayfork::Runtime::builder().num_cpus(1).start()?;
+    ///     let e = rt.get(&check::remote(99)).unwrap_err();
+    ///     assert_eq!(e.downcast::<Refused>(), Some(Refused::TooBig(99)));
+    ///     assert_eq!(e.downcast::<String>(), None);
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn downcast<E: serde::de::DeserializeOwned>(&self) -> Option<E> {
+        let Error::TaskFailed { value: Some(v), .. } = self else {
+            return None;
+        };
+        if v.type_name != std::any::type_name::<E>() {
+            return None;
+        }
+        crate::codec::decode_value(&v.bytes).ok()
     }
 
     /// True if the task was cancelled.

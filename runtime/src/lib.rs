@@ -272,7 +272,7 @@ pub use actor::{ActorHandle, ActorOptions};
 pub use array::{Array, ArrayMut};
 pub use cancel::{CancelMode, CancelOutcome, cancel, cancel_on_timeout, cancel_with, is_cancelled};
 pub use config::Config;
-pub use error::{Error, Result};
+pub use error::{Error, ErrorValue, Result};
 pub use generator::ObjectRefGenerator;
 #[allow(deprecated)]
 pub use map::{map, map_batched, map_chunks, map_each};
@@ -340,6 +340,7 @@ pub mod __private {
         ArgSpec, Returns, SubmitCx, arg_error, check_arity, decode_arg, encode_part, finish,
         finish_many, finish_result, submit, submit_many,
     };
+    pub use crate::task::{ErrDisplay, ErrSerialize, ErrWrap};
     pub use crate::worker_loop::hostile;
     pub use linkme;
 }

@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::client::{self, BackendRef};
+use crate::error::ErrorValue;
 use crate::object_ref::ObjectRef;
 use crate::protocol::{ActorCall, Arg, Id, Outcome, Payload, ReturnValue, TaskOpts, TaskSpec};
 use crate::registry::Invocation;
@@ -169,8 +170,9 @@ macro_rules! __task_option_setters {
             }
 
             /// Retry (within `max_retries`) an `Err` or a panic only when its message (the
-            /// `Err`'s `Display` text, or the panic payload) contains one of `patterns`; other
-            /// errors fail at once.
+            /// `Err`'s `Display` text, or the panic payload) contains one of `patterns`, or
+            /// the `Err`'s type is one of them (`std::any::type_name::<E>()`, for an error type
+            /// that is `Serialize`); other errors fail at once.
             ///
             /// The predicate is a list of substrings rather than a closure because it travels
             /// with the task: a task submitted from inside another task is decided by the
@@ -492,7 +494,8 @@ pub fn finish_many<E: std::fmt::Display>(
         Err(e) => {
             return Outcome::Err(Error::TaskFailed {
                 task: inv.name.to_string(),
-                message: e.to_string(),
+                message: format!("{e:#}"),
+                value: None,
             });
         }
     };
@@ -520,16 +523,57 @@ pub fn finish_many<E: std::fmt::Display>(
 
 /// Encodes a fallible task's result: `Err(e)` becomes `Error::TaskFailed` with `e`'s text.
 #[doc(hidden)]
-pub fn finish_result<T: Serialize, E: std::fmt::Display>(
+pub fn finish_result<T: Serialize, E>(
     inv: &Invocation<'_>,
     r: std::result::Result<T, E>,
+    describe: impl FnOnce(&E) -> (String, Option<ErrorValue>),
 ) -> Outcome {
     match r {
         Ok(v) => finish(inv, v),
-        Err(e) => Outcome::Err(Error::TaskFailed {
-            task: inv.name.to_string(),
-            message: e.to_string(),
-        }),
+        Err(e) => {
+            let (message, value) = describe(&e);
+            Outcome::Err(Error::TaskFailed {
+                task: inv.name.to_string(),
+                message,
+                value,
+            })
+        }
+    }
+}
+
+/// A task's error, seen by the generated code (whose error type is concrete) through two
+/// traits: `Serialize` errors travel as values (`ErrSerialize`, found first), the others as
+/// text only (`ErrDisplay`, one auto-reference further).
+#[doc(hidden)]
+pub struct ErrWrap<'a, E>(pub &'a E);
+
+/// The error's text and encoded value (for `Serialize` errors).
+#[doc(hidden)]
+pub trait ErrSerialize {
+    fn describe(&self) -> (String, Option<ErrorValue>);
+}
+
+impl<E: Serialize + std::fmt::Display> ErrSerialize for ErrWrap<'_, E> {
+    fn describe(&self) -> (String, Option<ErrorValue>) {
+        let value = crate::codec::encode_value(self.0)
+            .ok()
+            .map(|bytes| ErrorValue {
+                type_name: std::any::type_name::<E>().to_string(),
+                bytes,
+            });
+        (format!("{:#}", self.0), value)
+    }
+}
+
+/// The error's text only.
+#[doc(hidden)]
+pub trait ErrDisplay {
+    fn describe(&self) -> (String, Option<ErrorValue>);
+}
+
+impl<E: std::fmt::Display> ErrDisplay for &ErrWrap<'_, E> {
+    fn describe(&self) -> (String, Option<ErrorValue>) {
+        (format!("{:#}", self.0), None)
     }
 }
 

@@ -160,6 +160,25 @@ fn tuple_elems(ty: &Type, n: usize) -> Option<Vec<Type>> {
 }
 
 /// If `ty` is `Result<T, ..>` (any path ending in `Result` with generic arguments), its `T`.
+/// The call that encodes a task's result: `finish`, or for a `Result` the fallible one, with
+/// a closure that describes the error where its type is concrete (so a `Serialize` error
+/// travels as a value, see `rayfork::__private::ErrWrap`).
+fn finish_call(
+    p: &proc_macro2::TokenStream,
+    fallible: bool,
+    value: proc_macro2::TokenStream,
+) -> proc_macro2::TokenStream {
+    if fallible {
+        quote!(#p::finish_result(&inv, #value, |__e| {
+            #[allow(unused_imports)]
+            use #p::{ErrDisplay as _, ErrSerialize as _};
+            (&#p::ErrWrap(__e)).describe()
+        }))
+    } else {
+        quote!(#p::finish(&inv, #value))
+    }
+}
+
 fn result_ok_type(ty: &Type) -> Option<&Type> {
     let Type::Path(p) = ty else { return None };
     let last = p.path.segments.last()?;
@@ -219,11 +238,11 @@ fn expand(
     let n = arg_tys.len();
     let args: Vec<_> = (0..n).map(|i| format_ident!("arg{}", i)).collect();
     let idx: Vec<_> = (0..n).collect();
-    let (out_ty, finish) = match &sig.output {
-        ReturnType::Default => (quote!(()), quote!(finish)),
+    let (out_ty, fallible) = match &sig.output {
+        ReturnType::Default => (quote!(()), false),
         ReturnType::Type(_, ty) => match result_ok_type(ty) {
-            Some(ok) => (quote!(#ok), quote!(finish_result)),
-            None => (quote!(#ty), quote!(finish)),
+            Some(ok) => (quote!(#ok), true),
+            None => (quote!(#ty), false),
         },
     };
     // `num_returns = N`: N refs, one per element of the returned tuple (rule 5 in protocol.rs).
@@ -284,7 +303,7 @@ fn expand(
                     Ok(vec![#(::rayfork::IntoArg::<#arg_tys>::into_arg(#args, _cx)?),*])
                 })
             },
-            quote!(#p::#finish(&inv, #name(#(#args),*))),
+            finish_call(&p, fallible, quote!(#name(#(#args),*))),
         ),
         Some((elems, fallible)) => {
             let k = elems.len();
@@ -525,13 +544,14 @@ fn expand_actor(item: proc_macro2::TokenStream) -> syn::Result<proc_macro2::Toke
         let n = tys.len();
         let args: Vec<_> = (0..n).map(|i| format_ident!("arg{}", i)).collect();
         let idx: Vec<_> = (1..=n).collect();
-        let (out_ty, finish) = match &m.output {
-            ReturnType::Default => (quote!(()), quote!(finish)),
+        let (out_ty, fallible) = match &m.output {
+            ReturnType::Default => (quote!(()), false),
             ReturnType::Type(_, t) => match result_ok_type(t) {
-                Some(ok) => (quote!(#ok), quote!(finish_result)),
-                None => (quote!(#t), quote!(finish)),
+                Some(ok) => (quote!(#ok), true),
+                None => (quote!(#t), false),
             },
         };
+        let finish_out = finish_call(&p, fallible, quote!(out));
         let konst = format_ident!("M_{}", name);
         let invoke = format_ident!("__invoke_{}", name);
         let entry = format_ident!("__ENTRY_{}", name);
@@ -549,7 +569,7 @@ fn expand_actor(item: proc_macro2::TokenStream) -> syn::Result<proc_macro2::Toke
                     };
                 )*
                 match #p::actor_state::<#ty, _>(&inv, |s| s.#name(#(#args),*)) {
-                    Ok(out) => #p::#finish(&inv, out),
+                    Ok(out) => #finish_out,
                     Err(e) => #p::arg_error(e),
                 }
             }

@@ -583,8 +583,11 @@ impl Scheduler {
 /// True if a task with these options retries after `e` (attempts permitting): application
 /// errors only, and only those `retry_exceptions` selects.
 fn retries_error(opts: &TaskOpts, e: &Error) -> bool {
-    let message = match e {
-        Error::TaskFailed { message, .. } | Error::TaskPanicked { message, .. } => message,
+    let (message, type_name) = match e {
+        Error::TaskFailed { message, value, .. } => {
+            (message, value.as_ref().map(|v| v.type_name.as_str()))
+        }
+        Error::TaskPanicked { message, .. } => (message, None),
         _ => return false,
     };
     opts.retry_exceptions
@@ -592,7 +595,7 @@ fn retries_error(opts: &TaskOpts, e: &Error) -> bool {
             || opts
                 .retry_if_contains
                 .iter()
-                .any(|p| message.contains(p.as_str())))
+                .any(|p| message.contains(p.as_str()) || type_name == Some(p.as_str())))
 }
 
 #[cfg(test)]
@@ -604,6 +607,7 @@ mod tests {
         Error::TaskFailed {
             task: "t".into(),
             message: message.into(),
+            value: None,
         }
     }
 
