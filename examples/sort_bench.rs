@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use rayfork::{ArrayMut, Runtime};
+use rayfork::{ArrayMut, Config, Runtime};
 use rayon::prelude::*;
 
 use crate::sort_tasks::{
@@ -380,14 +380,19 @@ fn run_once(rt: &Runtime, plan: &Plan, v: Variant, want: u64) -> rayfork::Result
     }
 }
 
-/// Runs every planned variant `plan.rounds` times on `rt` (baselines first, while the store
-/// holds nothing) and returns one row per variant, in the plan's order.
-pub fn run(rt: &Runtime, plan: &Plan) -> rayfork::Result<Vec<Row>> {
+/// Runs every planned variant `plan.rounds` times (baselines first), each variant on a fresh
+/// runtime made from `cfg` (so no variant inherits another's workers or store layout), and
+/// returns one row per variant, in the plan's order. With `timeline`, writes the trace of the
+/// headline variant's tasks there (and their summary on stderr). Checks that each variant
+/// leaves the store empty.
+pub fn run(cfg: &Config, plan: &Plan, timeline: Option<&str>) -> rayfork::Result<Vec<Row>> {
     let want = fingerprint_of_keys(plan.n, plan.keys, 42);
     let mut order: Vec<Variant> = plan.variants.clone();
     order.sort_by_key(|v| v.is_rayfork());
     let mut rows = Vec::new();
     for &v in &order {
+        let rt = cfg.clone().start()?;
+        let rt = &rt;
         let mut times = Vec::with_capacity(plan.rounds);
         let (mut peak, mut workers, mut checked) = (0, 0, true);
         for r in 0..plan.rounds {
@@ -399,6 +404,25 @@ pub fn run(rt: &Runtime, plan: &Plan) -> rayfork::Result<Vec<Row>> {
             workers = workers.max(s.peak_workers);
             checked &= run.checked;
             times.push((run.took, run.sys));
+        }
+        if let Some(path) = timeline.filter(|_| v == Variant::InPlace) {
+            let events = rt.timeline(path)?;
+            eprintln!("{events} trace events of the in-place runs written to {path}; the tasks:");
+            eprintln!("{}", rt.summary()?);
+        }
+        let mut used = rt.stats()?.store.used;
+        for _ in 0..200 {
+            if used == 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            used = rt.stats()?.store.used;
+        }
+        if used != 0 {
+            return Err(rayfork::Error::Runtime(format!(
+                "{} left {used} store bytes in use",
+                v.name()
+            )));
         }
         times.sort_by_key(|t| t.0);
         let (median, sys) = times[times.len() / 2];
@@ -468,15 +492,15 @@ pub fn print_table(plan: &Plan, rows: &[Row]) {
         });
         let workers = r.workers.map_or(String::new(), |w| w.to_string());
         let check = if r.checked { "ok" } else { "WRONG" };
+        // The kernel counts CPU time in 10 ms ticks: a share of a shorter run means nothing.
+        let sys = if r.seconds >= 0.25 {
+            format!("{:.0}%", r.sys_share * 100.0)
+        } else {
+            "-".to_string()
+        };
         println!(
-            "  {:<31} {:>9.3} {:>9} {:>5.0}% {:>12} {:>8} {:>6}",
-            r.name,
-            r.seconds,
-            speedup,
-            r.sys_share * 100.0,
-            peak,
-            workers,
-            check
+            "  {:<31} {:>9.3} {:>9} {:>6} {:>12} {:>8} {:>6}",
+            r.name, r.seconds, speedup, sys, peak, workers, check
         );
     }
     if let Some(rayon) = rayon {

@@ -213,10 +213,9 @@ impl<T: Pod> Deref for Window<T> {
 
     fn deref(&self) -> &[T] {
         let base = self.array.base.cast::<T>().cast_const();
-        // SAFETY: `base`/`len` were validated as a `[T]` of the array by `view::<T>`, and
-        // `start <= end <= len` (checked where each window is made); the mapping lives as long
-        // as `array.backend`; no other window covers this range (rules 1-4 of window.rs), and
-        // `&self` excludes `&mut` here.
+        // SAFETY: `view::<T>` validated `base`/`len`, `start <= end <= len` where the window was
+        // made, the mapping lives as long as `array.backend`, no other window covers this
+        // range (rules 1-4 of window.rs), and `&self` excludes `&mut` here.
         unsafe { std::slice::from_raw_parts(base.add(self.start), self.end - self.start) }
     }
 }

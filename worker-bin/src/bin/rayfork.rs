@@ -122,29 +122,23 @@ fn sort(o: &Opts) -> rayfork::Result<()> {
             .unwrap_or_else(|| sort_bench::default_variants(o.n)),
     };
     let store = plan.store_bytes();
-    let rt = Runtime::builder()
-        .num_cpus(o.cpus)
-        .store_capacity(store)
-        .start()
-        .map_err(|e| {
-            rayfork::Error::Runtime(format!(
-                "sorting {} keys with {:?} needs an object store of {:.1} GB, which could not \
-                 be made ({e}); run fewer variants (--variants in-place needs 1x the keys' \
-                 bytes, radix 2x, seed and sample 5x) or fewer keys",
-                o.n,
-                plan.variants.iter().map(|v| v.name()).collect::<Vec<_>>(),
-                store as f64 / 1e9
-            ))
-        })?;
-    let rows = sort_bench::run(&rt, &plan)?;
+    let cfg = Runtime::builder().num_cpus(o.cpus).store_capacity(store);
+    // A first start says at once, and clearly, when the store cannot be made.
+    drop(cfg.clone().start().map_err(|e| {
+        rayfork::Error::Runtime(format!(
+            "sorting {} keys with {:?} needs an object store of {:.1} GB, which could not \
+             be made ({e}); run fewer variants (--variants in-place needs 1x the keys' \
+             bytes, radix 2x, seed and sample 5x) or fewer keys",
+            o.n,
+            plan.variants.iter().map(|v| v.name()).collect::<Vec<_>>(),
+            store as f64 / 1e9
+        ))
+    })?);
+    let rows = sort_bench::run(&cfg, &plan, o.timeline.as_deref())?;
     if o.json {
         println!("{}", sort_bench::to_json(&plan, &rows));
     } else {
         sort_bench::print_table(&plan, &rows);
-    }
-    if let Some(path) = &o.timeline {
-        let events = rt.timeline(path)?;
-        eprintln!("{events} trace events written to {path}");
     }
     if rows.iter().all(|r| r.checked) {
         Ok(())
