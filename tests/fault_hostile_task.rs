@@ -278,3 +278,30 @@ fn a_worker_cannot_drop_references_it_does_not_hold() {
     assert_eq!(rt.get(&sum::remote(arr.clone())).unwrap(), expected);
     drop(others);
 }
+
+/// Takes references to an id it was never given (`victim`, passed as a bare number): a
+/// forged increment that would pin the object, or keep it past its owner's drop.
+#[remote]
+fn pin_an_id_it_was_not_given(victim: u128) -> u32 {
+    assert!(rayfork::__private::hostile::ref_ops(&[(victim, 1000)]));
+    let _ = rayfork::get(&rayfork::put(&0u8).unwrap());
+    0
+}
+
+#[test]
+fn a_worker_cannot_take_references_it_was_never_given() {
+    let _w = watchdog("a_worker_cannot_take_references_it_was_never_given", LIMIT);
+    let rt = runtime();
+    let arr = rt.put_array(&vec![7i64; 1 << 20]).unwrap();
+    let victim = arr.id().as_u128();
+    let r = pin_an_id_it_was_not_given::options()
+        .max_retries(0)
+        .remote(victim);
+    match rt.get(&r) {
+        Err(rayfork::Error::WorkerCrashed { .. }) => {}
+        other => panic!("the worker should have been killed, got {other:?}"),
+    }
+    // Nothing pins the array: dropping the driver's handle frees it.
+    drop((arr, r));
+    rayfork_tests::assert_runtime_drains(&rt, LIMIT);
+}

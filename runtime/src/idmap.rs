@@ -11,6 +11,9 @@ use std::hash::{BuildHasherDefault, Hasher};
 /// A `HashMap` with [`IdHasher`].
 pub(crate) type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 
+/// A `HashSet` with [`IdHasher`].
+pub(crate) type IdSet<K> = std::collections::HashSet<K, BuildHasherDefault<IdHasher>>;
+
 /// Folds integer keys into 64 bits and multiplies by a large odd constant (Fibonacci hashing);
 /// hashbrown takes its bucket from the low bits and its tag from the high ones, both mixed.
 #[derive(Debug, Default, Clone, Copy)]

@@ -32,7 +32,9 @@
 //! An [`ObjectRef<T>`] can be passed to another task where a `T` is expected: the task waits
 //! for it and receives the value, and the driver never fetches it. [`get`], [`get_all`],
 //! [`wait`] and [`put`] work in the driver and inside tasks. Objects are freed when the last
-//! ref (in any process) is dropped. A submitted task runs whether or not its ref is kept (as
+//! ref (in any process) is dropped. [`as_completed`] yields results in the order their tasks
+//! finish, [`ObjectRef::is_ready`] polls one, [`get_all_timeout`] bounds a wait. A submitted
+//! task runs whether or not its ref is kept (as
 //! in Ray, `f::remote(..)` as a statement runs `f`); its result, if nobody holds it, is freed
 //! when it ends. [`cancel`] is the way to not run a task.
 //!

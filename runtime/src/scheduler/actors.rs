@@ -242,6 +242,8 @@ impl Scheduler {
                 } else if let Some((func, args)) = a.ctor.clone() {
                     // A restart: the constructor again, on the new worker.
                     let name = a.name.clone();
+                    let refs = a.ctor_refs.clone();
+                    self.give(Some(slot), refs);
                     if let Some(w) = self.pool.workers.get_mut(&slot) {
                         w.stack
                             .push(Frame::new(id, 0.0, Held::default(), w.last_seq));

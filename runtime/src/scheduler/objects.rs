@@ -92,13 +92,15 @@ impl Scheduler {
         for (id, d) in ops {
             let d = i64::from(d);
             if let Some(s) = slot {
-                let held = self
-                    .pool
-                    .workers
-                    .get(&s)
-                    .map_or(0, |w| w.held.get(&id).copied().unwrap_or(0));
+                let (held, given) = self.pool.workers.get(&s).map_or((0, false), |w| {
+                    (w.held.get(&id).copied().unwrap_or(0), w.given.contains(&id))
+                });
                 if held + d < 0 {
                     let why = format!("it dropped {} references to {id:x} but holds {held}", -d);
+                    return self.kill_worker(s, &why);
+                }
+                if d > 0 && held == 0 && !given {
+                    let why = format!("it took a reference to {id:x}, which it was never given");
                     return self.kill_worker(s, &why);
                 }
             }
@@ -349,6 +351,22 @@ impl Scheduler {
             t.holds_window = true;
         }
         Ok(())
+    }
+
+    /// Records that worker `slot` was given `ids` and whatever their values mention: it may
+    /// take references to them (scheduler rule 5).
+    pub(super) fn give(&mut self, slot: Option<u32>, ids: impl IntoIterator<Item = Id>) {
+        let Some(s) = slot else { return };
+        let mut all = Vec::new();
+        for id in ids {
+            all.push(id);
+            if let Some(o) = self.objects.get(&id) {
+                all.extend_from_slice(&o.contained);
+            }
+        }
+        if let Some(w) = self.pool.workers.get_mut(&s) {
+            w.given.extend(all);
+        }
     }
 
     /// Who a request of `slot` takes for: the task on top of its stack in its current attempt,

@@ -121,6 +121,12 @@ impl Scheduler {
             Ok(run) => run,
             Err(e) => return self.finish_task_as(id, Err(e), timeline::RunEnd::Failed),
         };
+        let args: Vec<Id> = self
+            .tasks
+            .get(&id)
+            .map(|t| t.spec.arg_ids().collect())
+            .unwrap_or_default();
+        self.give(Some(slot), args);
         let Some(w) = self.pool.workers.get_mut(&slot) else {
             return;
         };
@@ -182,6 +188,13 @@ impl Scheduler {
                 cancel_requested: false,
             };
         }
+        // Its arguments, given again: the set was cleared when the stack emptied.
+        let args: Vec<Id> = self
+            .tasks
+            .get(&q.task)
+            .map(|t| t.spec.arg_ids().collect())
+            .unwrap_or_default();
+        self.give(Some(slot), args);
         if let Some((force, grace)) = self.cancel.on_start.remove(&q.task) {
             self.cancel_one(q.task, force, grace);
         }

@@ -6,7 +6,7 @@ use std::os::unix::net::UnixStream;
 
 use rayfork_plasma::ClientId;
 
-use crate::idmap::IdMap;
+use crate::idmap::{IdMap, IdSet};
 use crate::ipc::{FrameReader, FrameWriter, MAX_WORKER_FRAME};
 use crate::protocol::{ExitCause, Id, ToWorker};
 use crate::{shared_flags, timeline};
@@ -84,6 +84,10 @@ pub(super) struct Worker {
     pub(super) stack: Vec<Frame>,
     /// Net references held by this worker's handles (scheduler rule 3).
     pub(super) held: IdMap<Id, i64>,
+    /// Ids this worker was given while its stack is not empty (arguments, `get` and `next`
+    /// answers, and the ids their values mention): the only ones it may take a first
+    /// reference to (scheduler rule 5).
+    pub(super) given: IdSet<Id>,
     /// Tasks run per function, counted for functions called with `max_calls` (scheduler rule 7).
     pub(super) calls: HashMap<String, u32>,
     /// Its socket is in the epoll set for writability too (output is waiting for room).
@@ -112,6 +116,7 @@ impl Worker {
             out: FrameWriter::default(),
             stack: Vec::new(),
             held: IdMap::default(),
+            given: IdSet::default(),
             calls: HashMap::new(),
             out_armed: false,
             stall_watched: false,
@@ -481,9 +486,14 @@ impl Scheduler {
     /// After a frame left a worker: resume the frame below, or start its next queued task
     /// (scheduler rule 11), or mark the worker idle.
     pub(super) fn after_pop(&mut self, slot: u32) {
-        let Some(w) = self.pool.workers.get(&slot) else {
+        let Some(w) = self.pool.workers.get_mut(&slot) else {
             return;
         };
+        if w.stack.is_empty() {
+            // What it was given is in its handles now, if anywhere (scheduler rule 5).
+            w.given.clear();
+        }
+        let w = &self.pool.workers[&slot];
         if let Some(f) = w.stack.last() {
             if f.pending.is_some() && !self.resume.contains(&slot) {
                 self.resume.push_back(slot);

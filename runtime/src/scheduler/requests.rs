@@ -238,6 +238,12 @@ impl Scheduler {
                 }
             }
         }
+        // The worker may take references to what it is answered (scheduler rule 5).
+        match &answer {
+            ToWorker::GetReply(Ok(_)) => self.give(client.slot(), ids.iter().copied()),
+            ToWorker::NextItemReply(Ok(Some(item))) => self.give(client.slot(), [*item]),
+            _ => {}
+        }
         if let (RequestKind::Next { index }, ToWorker::NextItemReply(Ok(Some(item)))) =
             (kind, &answer)
         {
