@@ -415,3 +415,57 @@ fn calls_queued_behind_a_crash_run_in_order_after_the_restart() {
     assert_eq!(rt.get(&c.seen()).unwrap(), (1..=50).collect::<Vec<i64>>());
     assert_ne!(rt.get(&c.pid()).unwrap(), pid1);
 }
+
+/// A counter found by name.
+#[derive(Default)]
+pub struct Tally(u64);
+
+#[rayfork::actor]
+impl Tally {
+    /// Starts at zero.
+    pub fn new() -> Self {
+        Tally::default()
+    }
+
+    /// Adds one and returns the count.
+    pub fn bump(&mut self) -> u64 {
+        self.0 += 1;
+        self.0
+    }
+}
+
+/// Bumps the actor named `name`, found from inside a task.
+#[remote]
+fn bump_by_name(name: String) -> rayfork::Result<u64> {
+    let t: rayfork::ActorHandle<Tally> = rayfork::get_actor(&name)?;
+    rayfork::get(&t.bump())
+}
+
+#[test]
+fn a_named_actor_is_found_by_name_from_anywhere_while_it_lives() {
+    let _w = watchdog("a_named_actor_is_found_by_name", LIMIT);
+    let rt = runtime();
+    let t = Tally::options().name("tally").remote();
+    assert_eq!(rt.get(&t.bump()).unwrap(), 1);
+    let found: rayfork::ActorHandle<Tally> = rayfork::get_actor("tally").unwrap();
+    assert_eq!(rt.get(&found.bump()).unwrap(), 2);
+    assert_eq!(
+        rt.get(&bump_by_name::remote("tally".to_string())).unwrap(),
+        3
+    );
+    // The wrong type, or no such name: errors, not a handle.
+    assert!(matches!(
+        rayfork::get_actor::<Picky>("tally"),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(rayfork::get_actor::<Tally>("nobody").is_err());
+    // Names are unique among live actors.
+    let twin = Tally::options().name("tally").remote();
+    let e = twin.ready().unwrap_err();
+    assert!(e.to_string().contains("lives already"), "{e}");
+    // Once every handle is gone the actor ends and its name is free again.
+    drop((t, found, twin));
+    assert!(eventually(LIMIT, || rayfork::get_actor::<Tally>("tally").is_err()));
+    let again = Tally::options().name("tally").remote();
+    assert_eq!(rt.get(&again.bump()).unwrap(), 1);
+}

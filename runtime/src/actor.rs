@@ -165,7 +165,9 @@ impl ActorOptions {
         self
     }
 
-    /// The actor's name in errors (default: the constructor's path).
+    /// Names the actor: [`get_actor`] finds it by this name from any process while it lives,
+    /// and errors name it so (default: no name; errors use the constructor's path). Names are
+    /// unique among live actors: a second actor with a live one's name fails at once.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.opts.name = Some(name.into());
         self
@@ -243,4 +245,54 @@ pub fn __with_state<A: 'static, R>(inv: &Invocation<'_>, f: impl FnOnce(&mut A) 
         Ok(v) => Ok(v),
         Err(p) => std::panic::resume_unwind(p),
     }
+}
+
+/// A type made an actor by `#[rayfork::actor]` (the macro implements it): what [`get_actor`]
+/// checks a named actor against.
+pub trait ActorClass {
+    /// The registered function of its constructor.
+    const CLASS: &'static str;
+}
+
+/// The live actor named `name` (started with `T::options().name(name)`), from any process of
+/// the runtime; an error if there is none, or if it is not an `A`.
+///
+/// ```
+/// pub struct Counter(u64);
+///
+/// #[rayfork::actor]
+/// impl Counter {
+///     pub fn new() -> Self {
+///         Counter(0)
+///     }
+///     pub fn incr(&mut self) -> u64 {
+///         self.0 += 1;
+///         self.0
+///     }
+/// }
+///
+/// fn main() -> rayfork::Result<()> {
+///     let rt = rayfork::Runtime::builder().num_cpus(1).start()?;
+///     let c = Counter::options().name("hits").remote();
+///     rt.get(&c.incr())?;
+///     let same: rayfork::ActorHandle<Counter> = rayfork::get_actor("hits")?;
+///     assert_eq!(rt.get(&same.incr())?, 2);
+///     Ok(())
+/// }
+/// ```
+pub fn get_actor<A: ActorClass>(name: &str) -> Result<ActorHandle<A>> {
+    let b = crate::client::current()?;
+    let (id, class) = b.get_actor(name)?;
+    // The handle owns the reference the scheduler gave (dropped with it if the type is wrong).
+    let handle = ActorHandle {
+        r: ObjectRef::adopt(id, b),
+        _a: PhantomData,
+    };
+    if class != A::CLASS {
+        return Err(Error::InvalidArgument(format!(
+            "the actor named {name:?} is made by {class}, not by {}",
+            A::CLASS
+        )));
+    }
+    Ok(handle)
 }

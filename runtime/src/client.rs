@@ -85,6 +85,16 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
             other => Err(unexpected("ReadyReply", other)),
         }
     }
+    /// The live actor named `name`: its id (with a reference that the caller now owns) and its
+    /// constructor's function.
+    fn get_actor(&self, name: &str) -> Result<(Id, String)> {
+        match self.request(FromWorker::GetActor {
+            name: name.to_string(),
+        })? {
+            ToWorker::ActorReply(r) => r,
+            other => Err(unexpected("ActorReply", other)),
+        }
+    }
     /// The item at `index` of a generator's stream: `None` when it ended.
     fn next_item(&self, stream: Id, index: u64) -> Result<Option<Id>> {
         match self.request(FromWorker::NextItem { stream, index })? {

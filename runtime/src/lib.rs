@@ -270,7 +270,7 @@ pub mod worker {
     pub use crate::fork_server::worker_program_main as main;
 }
 
-pub use actor::{ActorHandle, ActorOptions};
+pub use actor::{ActorClass, ActorHandle, ActorOptions, get_actor};
 pub use array::{Array, ArrayMut};
 pub use cancel::{CancelMode, CancelOutcome, cancel, cancel_on_timeout, cancel_with, is_cancelled};
 pub use config::Config;

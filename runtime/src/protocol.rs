@@ -255,6 +255,8 @@ pub(crate) enum ToWorker {
     NextItemReply(Result<Option<Id>, Error>),
     /// The indices of a watch's objects that became ready since the last answer.
     ReadyReply(Result<Vec<u32>, Error>),
+    /// A named actor's id (with a reference for the asker) and its constructor's function.
+    ActorReply(Result<(Id, String), Error>),
     /// The answer to `Create`.
     Created(Result<(u64, u64), Error>),
     /// The answer to `Cancel`.
@@ -303,6 +305,8 @@ pub(crate) enum FromWorker {
     NextReady { watch: Id, timeout_ms: Option<u64> },
     /// Stop following (one-way).
     Unwatch { watch: Id },
+    /// The live actor with this name (`ActorReply`).
+    GetActor { name: String },
     /// Drop an unsealed object this worker created (one-way).
     Abort { id: Id },
     /// The task on top of the stack finished.

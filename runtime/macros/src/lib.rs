@@ -655,6 +655,10 @@ fn expand_actor(item: proc_macro2::TokenStream) -> syn::Result<proc_macro2::Toke
             }
         }
 
+        impl ::rayfork::ActorClass for #ty {
+            const CLASS: &'static str = #module::NEW;
+        }
+
         #[doc = #trait_doc]
         #[allow(clippy::too_many_arguments)]
         pub trait #trait_ty {

@@ -27,6 +27,8 @@ pub(super) enum ActorPhase {
 /// An actor (scheduler rule 8).
 pub(super) struct Actor {
     pub(super) name: String,
+    /// Its constructor's registered function: what `get_actor` checks the type against.
+    pub(super) class: String,
     /// Its current worker.
     pub(super) slot: Option<u32>,
     /// The constructor's function and resolved arguments, kept for restarts once it started.
@@ -71,6 +73,8 @@ pub(super) struct ActorTable {
     pub(super) dirty: Vec<Id>,
     /// When every actor was last looked at (`ACTOR_SWEEP`).
     swept: Instant,
+    /// Actors started with a name, while they live (`get_actor`).
+    pub(super) named: std::collections::HashMap<String, Id>,
 }
 
 impl ActorTable {
@@ -79,6 +83,7 @@ impl ActorTable {
             by_id: IdMap::default(),
             dirty: Vec::new(),
             swept: Instant::now(),
+            named: std::collections::HashMap::new(),
         }
     }
 }
@@ -93,15 +98,22 @@ impl Scheduler {
                 max_restarts,
                 max_task_retries,
             } => {
-                let name = self
+                let (name, class, registered) = self
                     .tasks
                     .get(&id)
-                    .map(|t| t.name.clone())
+                    .map(|t| {
+                        (
+                            t.name.clone(),
+                            t.spec.func.clone(),
+                            t.spec.opts.name.clone(),
+                        )
+                    })
                     .unwrap_or_default();
                 self.actors.by_id.insert(
                     id,
                     Actor {
                         name,
+                        class,
                         slot: None,
                         ctor: None,
                         ctor_refs: Vec::new(),
@@ -113,6 +125,19 @@ impl Scheduler {
                         dirty: false,
                     },
                 );
+                if let Some(n) = registered {
+                    let taken = self.actors.named.get(&n).is_some_and(|other| {
+                        self.actors
+                            .by_id
+                            .get(other)
+                            .is_some_and(|a| a.dead().is_none())
+                    });
+                    if taken {
+                        let why = format!("an actor named {n:?} lives already (names are unique)");
+                        return self.actor_gone(id, why);
+                    }
+                    self.actors.named.insert(n, id);
+                }
                 match self.spawn_worker_for(Some(id)) {
                     Some(w) => {
                         if let Some(a) = self.actors.by_id.get_mut(&id) {
@@ -405,6 +430,9 @@ impl Scheduler {
         let calls: Vec<Id> = a.calls.drain(..).collect();
         let refs = std::mem::take(&mut a.ctor_refs);
         let (name, slot, freed) = (a.name.clone(), a.slot, a.freed);
+        if self.actors.named.get(&name) == Some(&id) {
+            self.actors.named.remove(&name);
+        }
         let died = || Error::ActorDied {
             actor: name.clone(),
             reason: reason.clone(),
@@ -426,5 +454,31 @@ impl Scheduler {
             }
             None => {}
         }
+    }
+}
+
+impl Scheduler {
+    /// The live actor named `name` and its constructor's function, for `get_actor`: the asker
+    /// gets a reference to it (the new handle's).
+    pub(super) fn get_actor(
+        &mut self,
+        slot: Option<u32>,
+        name: &str,
+    ) -> Result<(Id, String), Error> {
+        let found = self
+            .actors
+            .named
+            .get(name)
+            .and_then(|id| self.actors.by_id.get(id).map(|a| (*id, a)))
+            .filter(|(_, a)| a.dead().is_none() && !a.freed)
+            .map(|(id, a)| (id, a.class.clone()));
+        let Some((id, class)) = found else {
+            return Err(Error::InvalidArgument(format!(
+                "no live actor is named {name:?} (start one with T::options().name(..).remote(..))"
+            )));
+        };
+        self.own(slot, id, 1);
+        self.add_ref(id, 1);
+        Ok((id, class))
     }
 }

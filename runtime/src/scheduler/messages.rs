@@ -66,6 +66,11 @@ impl Scheduler {
             FromWorker::Share { id } => self.share(slot, id),
             FromWorker::Watch { watch, ids } => self.watch(slot, watch, ids),
             FromWorker::Unwatch { watch } => self.unwatch(slot, watch),
+            FromWorker::GetActor { name } => {
+                let Some(k) = client.awaiting() else { return };
+                let r = self.get_actor(slot, &name);
+                self.reply(&k, ToWorker::ActorReply(r));
+            }
             FromWorker::NextReady { watch, timeout_ms } => {
                 let Some(k) = client.awaiting() else { return };
                 self.next_ready(k, watch, timeout_ms);
