@@ -126,7 +126,7 @@ pub struct ActorOnTraitImpl;
 /// struct Counter(u64);
 /// #[rayfork::actor]
 /// impl Counter {
-///     fn get(&self) -> u64 { self.0 }
+///     pub fn get(&self) -> u64 { self.0 }
 /// }
 /// fn main() {}
 /// ```
@@ -139,7 +139,7 @@ pub struct ActorWithoutNew;
 /// #[rayfork::actor]
 /// impl Counter {
 ///     fn new() -> Self { Counter(0) }
-///     fn add(&mut self, by: &u64) -> u64 { self.0 += by; self.0 }
+///     pub fn add(&mut self, by: &u64) -> u64 { self.0 += by; self.0 }
 /// }
 /// fn main() {}
 /// ```
@@ -152,7 +152,7 @@ pub struct ActorBorrowedArgument;
 /// #[rayfork::actor]
 /// impl Counter {
 ///     fn new() -> Option<Self> { Some(Counter(0)) }
-///     fn get(&self) -> u64 { self.0 }
+///     pub fn get(&self) -> u64 { self.0 }
 /// }
 /// fn main() {}
 /// ```
@@ -165,11 +165,28 @@ pub struct ActorNewReturnsOption;
 /// #[rayfork::actor]
 /// impl Counter {
 ///     fn new() -> Self { Counter(0) }
-///     async fn get(&self) -> u64 { self.0 }
+///     pub async fn get(&self) -> u64 { self.0 }
 /// }
 /// fn main() {}
 /// ```
 pub struct ActorAsyncMethod;
+
+/// A private method is a helper of the state, not a method of the actor's handle.
+///
+/// ```compile_fail
+/// struct Counter(u64);
+/// #[rayfork::actor]
+/// impl Counter {
+///     fn new() -> Self { Counter(0) }
+///     fn bump(&mut self) -> u64 { self.0 += 1; self.0 }
+/// }
+/// fn main() {
+///     let _rt = rayfork::Runtime::builder().start().unwrap();
+///     let c = Counter::remote();
+///     let _ = c.bump();
+/// }
+/// ```
+pub struct ActorPrivateMethod;
 
 /// Every misuse above, fixed: this compiles.
 ///
@@ -197,14 +214,17 @@ pub struct ActorAsyncMethod;
 /// #[rayfork::actor]
 /// impl Counter {
 ///     fn new() -> Self { Counter(0) }
-///     fn get(&self) -> u64 { self.0 }
-///     fn add(&mut self, by: u64) -> u64 { self.0 += by; self.0 }
+///     pub fn get(&self) -> u64 { self.0 }
+///     pub fn add(&mut self, by: u64) -> u64 { self.0 += by; self.0 }
 /// }
 /// struct Bounded(u64);
 /// #[rayfork::actor]
 /// impl Bounded {
 ///     fn new(n: u64) -> Result<Self, String> { Ok(Bounded(n)) }
-///     fn get(&self) -> u64 { self.0 }
+///     pub fn get(&self) -> u64 { self.0 }
+///     // Private: a helper, free to be async or generic.
+///     async fn refresh(&mut self) {}
+///     fn scale<T: Into<u64>>(&self, by: T) -> u64 { self.0 * by.into() }
 /// }
 /// fn main() {}
 /// ```

@@ -419,8 +419,9 @@ fn expand(
 ///
 /// The block must have `fn new(..) -> Self` (or `-> T`, or `-> Result<Self, E>`: an `Err`
 /// fails the actor, and every call on it, with E's message). Arguments and results follow the
-/// rules of `#[remote]`. Methods (`&self`, `&mut self`) cannot be async or generic; other
-/// associated functions are left as they are.
+/// rules of `#[remote]`. Its visible methods (`pub fn m(&self..)`, `pub(crate)`, ...) become
+/// the actor's and cannot be async or generic; private methods and other associated functions
+/// are left as they are (helpers of the state).
 #[proc_macro_attribute]
 pub fn actor(attr: TokenStream, item: TokenStream) -> TokenStream {
     if !attr.is_empty() {
@@ -477,8 +478,11 @@ fn expand_actor(item: proc_macro2::TokenStream) -> syn::Result<proc_macro2::Toke
     for it in &block.items {
         let syn::ImplItem::Fn(f) = it else { continue };
         let sig = &f.sig;
-        let method =
-            matches!(sig.inputs.first(), Some(FnArg::Receiver(r)) if r.reference.is_some());
+        // Only methods the type shows (`pub`, `pub(crate)`, ...) are the actor's; private ones
+        // stay helpers of its state.
+        let shown = !matches!(f.vis, syn::Visibility::Inherited);
+        let method = shown
+            && matches!(sig.inputs.first(), Some(FnArg::Receiver(r)) if r.reference.is_some());
         if sig.asyncness.is_some() || !sig.generics.params.is_empty() {
             if method || sig.ident == "new" {
                 let what = if sig.asyncness.is_some() {
@@ -498,7 +502,8 @@ fn expand_actor(item: proc_macro2::TokenStream) -> syn::Result<proc_macro2::Toke
             continue;
         }
         match sig.inputs.first() {
-            Some(FnArg::Receiver(r)) if r.reference.is_some() => methods.push(sig.clone()),
+            Some(FnArg::Receiver(_)) if method => methods.push(sig.clone()),
+            Some(FnArg::Receiver(_)) => {}
             _ if sig.ident == "new" => ctor = Some(sig.clone()),
             _ => {}
         }
@@ -856,11 +861,11 @@ mod tests {
                 "inherent, non-generic impl block",
             ),
             (
-                quote!(impl C { fn get(&self) -> u8 { 1 } }),
+                quote!(impl C { pub fn get(&self) -> u8 { 1 } }),
                 "needs a constructor",
             ),
             (
-                quote!(impl C { fn new() -> Self { C } fn add(&mut self, x: &u8) {} }),
+                quote!(impl C { fn new() -> Self { C } pub fn add(&mut self, x: &u8) {} }),
                 "must be owned serde types",
             ),
             (
@@ -868,11 +873,11 @@ mod tests {
                 "must return `Self` or `Result<Self, E>`",
             ),
             (
-                quote!(impl C { fn new() -> Self { C } async fn get(&self) -> u8 { 1 } }),
+                quote!(impl C { fn new() -> Self { C } pub async fn get(&self) -> u8 { 1 } }),
                 "cannot be async",
             ),
             (
-                quote!(impl C { fn new() -> Self { C } fn get<T>(&self, x: T) {} }),
+                quote!(impl C { fn new() -> Self { C } pub fn get<T>(&self, x: T) {} }),
                 "cannot be generic",
             ),
         ];
@@ -883,7 +888,7 @@ mod tests {
                 "#[actor] {item}: got {got:?}, want {want:?}"
             );
         }
-        let fixed = quote!(impl C { fn new() -> Self { C } fn add(&mut self, x: u8) {} });
+        let fixed = quote!(impl C { fn new() -> Self { C } pub fn add(&mut self, x: u8) {} async fn helper(&self) {} });
         assert!(expand_actor(fixed).is_ok());
     }
 }

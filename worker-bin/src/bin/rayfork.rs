@@ -160,7 +160,7 @@ impl Counter {
         Counter(0)
     }
 
-    fn incr(&mut self) -> u64 {
+    pub fn incr(&mut self) -> u64 {
         self.0 += 1;
         self.0
     }
