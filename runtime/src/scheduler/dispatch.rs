@@ -240,12 +240,7 @@ impl Scheduler {
             Ok(run) => run,
             Err(e) => return self.finish_task_as(id, Err(e), timeline::RunEnd::Failed),
         };
-        let args: Vec<Id> = self
-            .tasks
-            .get(&id)
-            .map(|t| t.spec.arg_ids().collect())
-            .unwrap_or_default();
-        self.give(Some(slot), args);
+        self.give_args(slot, id);
         let t = self.tasks.get_mut(&id).expect("run_message found it");
         t.attempts += 1;
         t.runs += 1;

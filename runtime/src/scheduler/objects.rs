@@ -369,6 +369,16 @@ impl Scheduler {
         }
     }
 
+    /// `give` of a task's arguments to the worker `slot` that runs it (or will).
+    pub(super) fn give_args(&mut self, slot: u32, task: Id) {
+        let args: Vec<Id> = self
+            .tasks
+            .get(&task)
+            .map(|t| t.spec.arg_ids().collect())
+            .unwrap_or_default();
+        self.give(Some(slot), args);
+    }
+
     /// Who a request of `slot` takes for: the task on top of its stack in its current attempt,
     /// or the driver.
     pub(super) fn taker_of(&self, slot: Option<u32>) -> Taker {

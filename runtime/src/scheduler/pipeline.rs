@@ -121,12 +121,7 @@ impl Scheduler {
             Ok(run) => run,
             Err(e) => return self.finish_task_as(id, Err(e), timeline::RunEnd::Failed),
         };
-        let args: Vec<Id> = self
-            .tasks
-            .get(&id)
-            .map(|t| t.spec.arg_ids().collect())
-            .unwrap_or_default();
-        self.give(Some(slot), args);
+        self.give_args(slot, id);
         let Some(w) = self.pool.workers.get_mut(&slot) else {
             return;
         };
@@ -189,12 +184,7 @@ impl Scheduler {
             };
         }
         // Its arguments, given again: the set was cleared when the stack emptied.
-        let args: Vec<Id> = self
-            .tasks
-            .get(&q.task)
-            .map(|t| t.spec.arg_ids().collect())
-            .unwrap_or_default();
-        self.give(Some(slot), args);
+        self.give_args(slot, q.task);
         if let Some((force, grace)) = self.cancel.on_start.remove(&q.task) {
             self.cancel_one(q.task, force, grace);
         }
