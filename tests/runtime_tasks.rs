@@ -630,3 +630,48 @@ fn a_typed_error_comes_back_as_its_type_and_retries_match_it() {
     assert_eq!(e.downcast::<Refused>(), Some(Refused::Busy));
     assert_eq!(rayfork_tests::runs(&path), 3);
 }
+
+#[remote]
+fn leaf(x: u64) -> u64 {
+    x
+}
+
+/// Sums leaves in completion order.
+#[remote]
+fn sum_as_completed(n: u64) -> u64 {
+    let refs: Vec<_> = (0..n).map(leaf::remote).collect();
+    rayfork::as_completed(&refs).map(|(_, v)| v.unwrap()).sum()
+}
+
+/// Waits in `as_completed` for a task gated on a file (which never opens).
+#[remote]
+fn watch_a_gate(gate: String) -> u64 {
+    let r = after_file::remote(gate, 1);
+    rayfork::as_completed(std::slice::from_ref(&r))
+        .map(|(_, v)| v.unwrap_or(0))
+        .sum()
+}
+
+#[test]
+fn as_completed_inside_tasks_at_the_worker_cap_and_after_a_kill() {
+    let _w = watchdog("as_completed_inside_tasks_at_the_worker_cap", LIMIT);
+    // One worker: the leaves can only run nested on the frame waiting for them.
+    let rt = Runtime::builder()
+        .num_cpus(1)
+        .max_workers(1)
+        .start()
+        .unwrap();
+    assert_eq!(rt.get(&sum_as_completed::remote(3)).unwrap(), 3);
+    drop(rt);
+    // A worker killed while it watches leaves no watch behind.
+    let rt = runtime();
+    let gate = rayfork_tests::fresh_path("watch-kill", "gate");
+    let r = watch_a_gate::remote(gate.clone());
+    assert!(eventually(LIMIT, || rt.stats().unwrap().watches == 1));
+    rayfork::cancel_with(&r, rayfork::CancelMode::default().force()).unwrap();
+    assert!(rt.get(&r).is_err());
+    std::fs::write(&gate, b"open").unwrap();
+    assert!(eventually(LIMIT, || rt.stats().unwrap().watches == 0));
+    drop(r);
+    rayfork_tests::assert_runtime_drains(&rt, LIMIT);
+}

@@ -9,6 +9,8 @@ pub struct RuntimeStats {
     pub objects: usize,
     /// Tasks not yet finished.
     pub tasks: usize,
+    /// `as_completed` iterators the scheduler follows objects for.
+    pub watches: usize,
     /// Worker processes alive (or starting).
     pub workers: usize,
     /// Worker processes forked since the start, replacements included.

@@ -555,8 +555,12 @@ pub trait ErrSerialize {
 
 impl<E: Serialize + std::fmt::Display> ErrSerialize for ErrWrap<'_, E> {
     fn describe(&self) -> (String, Option<ErrorValue>) {
-        let value = crate::codec::encode_value(self.0)
+        // An error that holds refs or arrays travels as text only: its value would name
+        // objects no reference keeps alive.
+        let (bytes, ids) = client::collecting(|| crate::codec::encode_value(self.0));
+        let value = bytes
             .ok()
+            .filter(|_| ids.is_empty())
             .map(|bytes| ErrorValue {
                 type_name: std::any::type_name::<E>().to_string(),
                 bytes,

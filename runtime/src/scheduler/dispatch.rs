@@ -8,6 +8,7 @@ use crate::{Error, timeline};
 use super::Scheduler;
 use super::objects::{ObjState, Taker};
 use super::pool::Frame;
+use super::requests::RequestKind;
 use super::tasks::TaskState;
 
 /// Tasks `ready_dependency` looks at, at most, for one blocked worker.
@@ -106,8 +107,15 @@ impl Scheduler {
             .find_map(|(slot, w)| {
                 let top = w.stack.last()?;
                 let rid = top.blocked.filter(|_| top.pending.is_none())?;
-                let ids = &self.requests.get(&rid)?.ids;
-                self.ready_dependency(ids).map(|task| (slot, task))
+                let req = self.requests.get(&rid)?;
+                let task = match req.kind {
+                    // A frame in `as_completed` waits for the watch's objects not ready yet.
+                    RequestKind::Ready { watch } => {
+                        self.ready_dependency(&self.watch_pending(watch))
+                    }
+                    _ => self.ready_dependency(&req.ids),
+                };
+                task.map(|task| (slot, task))
             })
     }
 

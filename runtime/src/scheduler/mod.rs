@@ -264,6 +264,7 @@ impl Scheduler {
                 s.store = self.store.stats();
                 s.objects = self.objects.len();
                 s.tasks = self.tasks.len();
+                s.watches = self.watches.len();
                 s.workers = self.pool.workers.len();
                 let _ = reply.send(s);
                 if reset_peaks {

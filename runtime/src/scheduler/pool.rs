@@ -376,6 +376,7 @@ impl Scheduler {
             }
         }
         self.store.client_gone(ClientId(slot));
+        self.drop_watches_of(slot);
         // Keep the pool at its size.
         if w.actor.is_none() && self.pool.size() < self.cfg.initial_workers() {
             self.spawn_worker();

@@ -18,6 +18,8 @@ use super::requests::RequestKind;
 
 /// The objects a client follows, by their index in its list.
 pub(super) struct Watch {
+    /// The objects followed, by index.
+    ids: Vec<Id>,
     /// Indices whose objects are ready (or failed, or gone) and not yet handed out, in the
     /// order they became so.
     ready: VecDeque<u32>,
@@ -36,6 +38,7 @@ impl Scheduler {
             return self.bad(slot, "a watch id that exists");
         }
         let mut w = Watch {
+            ids: ids.clone(),
             ready: VecDeque::new(),
             pending: 0,
             waiting: None,
@@ -53,6 +56,23 @@ impl Scheduler {
             }
         }
         self.watches.insert(watch, w);
+    }
+
+    /// The followed objects not ready yet (for nesting what a blocked frame waits for,
+    /// scheduler rule 2).
+    pub(super) fn watch_pending(&self, watch: Id) -> Vec<Id> {
+        self.watches.get(&watch).map_or_else(Vec::new, |w| {
+            w.ids
+                .iter()
+                .copied()
+                .filter(|&id| !self.is_ready(id))
+                .collect()
+        })
+    }
+
+    /// Ends every watch of a dead worker (it can no longer end them itself).
+    pub(super) fn drop_watches_of(&mut self, slot: u32) {
+        self.watches.retain(|_, w| w.owner != Some(slot));
     }
 
     /// Ends a watch; its registrations become no-ops.
