@@ -305,3 +305,30 @@ fn a_worker_cannot_take_references_it_was_never_given() {
     drop((arr, r));
     rayfork_tests::assert_runtime_drains(&rt, LIMIT);
 }
+
+/// Reads an object by a number it was handed as plain data (it holds no reference to it):
+/// the answer would make it "given" and let it pin the object.
+#[remote]
+fn read_an_id_it_was_not_given(victim: u128) -> bool {
+    rayfork::__private::hostile::get_by_id(victim)
+}
+
+#[test]
+fn a_worker_cannot_read_an_object_it_holds_no_reference_to() {
+    let _w = watchdog(
+        "a_worker_cannot_read_an_object_it_holds_no_reference_to",
+        LIMIT,
+    );
+    let rt = runtime();
+    let arr = rt.put_array(&vec![7i64; 1 << 10]).unwrap();
+    let r = read_an_id_it_was_not_given::options()
+        .max_retries(0)
+        .remote(arr.id().as_u128());
+    match rt.get(&r) {
+        Err(rayfork::Error::WorkerCrashed { .. }) => {}
+        other => panic!("the worker should have been killed, got {other:?}"),
+    }
+    assert_eq!(arr[0], 7);
+    drop((arr, r));
+    rayfork_tests::assert_runtime_drains(&rt, LIMIT);
+}

@@ -141,6 +141,7 @@ pub mod hostile {
     use std::io::Write;
 
     use super::THIS_WORKER;
+    use crate::client::Backend;
     use crate::protocol::FromWorker;
 
     /// Sends a second `Hello` that claims the process is `pid`.
@@ -174,6 +175,18 @@ pub mod hostile {
         THIS_WORKER
             .get()
             .is_some_and(|w| w.send(FromWorker::RefOps(ops.to_vec())).is_ok())
+    }
+
+    /// Asks for an object by its number (`u128`), whether or not this worker holds it; true
+    /// if an answer came back.
+    pub fn get_by_id(id: u128) -> bool {
+        THIS_WORKER.get().is_some_and(|w| {
+            w.request(FromWorker::Get {
+                ids: vec![id],
+                timeout_ms: None,
+            })
+            .is_ok()
+        })
     }
 }
 

@@ -64,7 +64,11 @@ impl Scheduler {
             }
             FromWorker::Seal { id, contained } => self.seal(slot, id, contained),
             FromWorker::Share { id } => self.share(slot, id),
-            FromWorker::Watch { watch, ids } => self.watch(slot, watch, ids),
+            FromWorker::Watch { watch, ids } => {
+                if self.names_only_what_it_holds(slot, &ids) {
+                    self.watch(slot, watch, ids)
+                }
+            }
             FromWorker::Unwatch { watch } => self.unwatch(slot, watch),
             FromWorker::GetActor { name } => {
                 let Some(k) = client.awaiting() else { return };
@@ -78,7 +82,9 @@ impl Scheduler {
             FromWorker::Abort { id } => self.abort(slot, id),
             FromWorker::Get { ids, timeout_ms } => {
                 let Some(k) = client.awaiting() else { return };
-                self.request(k, ids, RequestKind::Get, timeout_ms);
+                if self.names_only_what_it_holds(slot, &ids) {
+                    self.request(k, ids, RequestKind::Get, timeout_ms);
+                }
             }
             FromWorker::Wait {
                 ids,
@@ -86,6 +92,9 @@ impl Scheduler {
                 timeout_ms,
             } => {
                 let Some(k) = client.awaiting() else { return };
+                if !self.names_only_what_it_holds(slot, &ids) {
+                    return;
+                }
                 let need = num_ready.min(ids.len());
                 self.request(k, ids, RequestKind::Wait { need }, timeout_ms);
             }
@@ -104,6 +113,9 @@ impl Scheduler {
             }
             FromWorker::NextItem { stream, index } => {
                 let Some(k) = client.awaiting() else { return };
+                if !self.names_only_what_it_holds(slot, &[stream]) {
+                    return;
+                }
                 self.request(k, vec![stream], RequestKind::Next { index }, None);
             }
             FromWorker::Cancel {

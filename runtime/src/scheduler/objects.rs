@@ -263,6 +263,25 @@ impl Scheduler {
     }
 
     /// True if `slot` holds a reference to `id` (the driver is trusted: always).
+    /// True if worker `slot` names only objects it holds a reference to or was given (the
+    /// driver is trusted); else it is killed (scheduler rule 5): a worker that could read any
+    /// object by its number would be given it, and could then take references to it.
+    pub(super) fn names_only_what_it_holds(&mut self, slot: Option<u32>, ids: &[Id]) -> bool {
+        let Some(s) = slot else { return true };
+        let Some(w) = self.pool.workers.get(&s) else {
+            return false;
+        };
+        let stranger = ids
+            .iter()
+            .find(|id| !w.given.contains(id) && w.held.get(id).is_none_or(|&n| n <= 0));
+        if let Some(id) = stranger {
+            let why = format!("it asked for {id:x}, which it neither holds nor was given");
+            self.kill_worker(s, &why);
+            return false;
+        }
+        true
+    }
+
     fn holds(&self, slot: Option<u32>, id: Id) -> bool {
         slot.is_none_or(|s| {
             self.pool

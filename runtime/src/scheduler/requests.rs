@@ -177,12 +177,7 @@ impl Scheduler {
     }
 
     /// The answer to a request over `ids`; `timed_out` is set when its deadline passed first.
-    pub(super) fn answer(
-        &self,
-        ids: &[Id],
-        kind: &RequestKind,
-        timed_out: Option<u64>,
-    ) -> ToWorker {
+    fn answer(&mut self, ids: &[Id], kind: &RequestKind, timed_out: Option<u64>) -> ToWorker {
         match kind {
             RequestKind::Get if timed_out.is_some() => ToWorker::GetReply(Err(Error::Timeout {
                 millis: timed_out.unwrap_or(0),
@@ -203,8 +198,14 @@ impl Scheduler {
                     ToWorker::YieldAck
                 }
             }
-            // `answer_to` takes the ready indices (this view cannot).
-            RequestKind::Ready { .. } => ToWorker::ReadyReply(Ok(Vec::new())),
+            // Answering takes the indices ready since the last answer (watches.rs).
+            RequestKind::Ready { watch } => ToWorker::ReadyReply(match timed_out {
+                Some(millis) => {
+                    self.take_ready_request(*watch);
+                    Err(Error::Timeout { millis })
+                }
+                None => Ok(self.take_ready(*watch)),
+            }),
         }
     }
 
@@ -217,15 +218,6 @@ impl Scheduler {
         kind: &RequestKind,
         timed_out: Option<u64>,
     ) -> ToWorker {
-        if let RequestKind::Ready { watch } = *kind {
-            return ToWorker::ReadyReply(match timed_out {
-                Some(millis) => {
-                    self.take_ready_request(watch);
-                    Err(Error::Timeout { millis })
-                }
-                None => Ok(self.take_ready(watch)),
-            });
-        }
         let mut answer = self.answer(ids, kind, timed_out);
         if let ToWorker::GetReply(Ok(values)) = &mut answer {
             // Read-once values go to their first taker only (scheduler rule 12), and only when
